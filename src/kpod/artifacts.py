@@ -1,0 +1,116 @@
+"""The files each stage writes into the run folder, and their readers (formats: docs/formats.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from kpod.data.datasets import DataError, read_jsonl
+from kpod.weighting.offsets import TokenWeights
+
+
+class RunPaths:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def rationales(self, split: str = "train") -> Path:
+        return self.root / "rationales" / f"{split}.jsonl"
+
+    @property
+    def teacher_cache(self) -> Path:
+        return self.root / "rationales" / "teacher_cache.sqlite"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "weights" / "weights.jsonl"
+
+    @property
+    def weighting_module(self) -> Path:
+        return self.root / "weights" / "module.pt"
+
+    @property
+    def difficulties(self) -> Path:
+        return self.root / "difficulty" / "difficulties.jsonl"
+
+    @property
+    def clusters(self) -> Path:
+        return self.root / "clusters" / "clusters.json"
+
+    @property
+    def schedule(self) -> Path:
+        return self.root / "schedule" / "schedule.json"
+
+    @property
+    def student(self) -> Path:
+        return self.root / "student"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def eval_dir(self, split: str) -> Path:
+        return self.root / "eval" / split
+
+    def log_file(self, stage: str) -> Path:
+        return self.root / "logs" / f"{stage}.log"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def write_json(path: Path, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+
+def rationale_key(row: dict) -> str:
+    return f"{row['id']}#{row.get('sample', 0)}"
+
+
+def read_rationales(path: Path, include_incorrect: bool = False) -> list[dict]:
+    """Training rationales: rows of `rationales/<split>.jsonl`, by default only the correct ones."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: rationales file not found (run `kpod generate` first)")
+    rows = read_jsonl(path)
+    for number, row in enumerate(rows, 1):
+        missing = [k for k in ("id", "question", "gold", "rationale", "steps") if k not in row]
+        if missing:
+            raise DataError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
+        if "".join(row["steps"]) != row["rationale"]:
+            raise DataError(f"{path}:{number}: steps do not join back to the rationale")
+    if not rows:
+        raise DataError(f"{path}: no rationales in the file")
+    kept = [r for r in rows if include_incorrect or r.get("correct", True)]
+    if not kept:
+        raise DataError(f"{path}: all {len(rows)} rationales are marked incorrect (set train.include_incorrect=true to use them)")
+    return kept
+
+
+def read_weights(path: Path) -> dict[str, TokenWeights]:
+    if not Path(path).is_file():
+        raise DataError(f"{path}: token weights not found (run `kpod train_token_weighting` first)")
+    out = {}
+    for number, row in enumerate(read_jsonl(path), 1):
+        if len(row.get("offsets", [])) != len(row.get("weights", [])):
+            raise DataError(f"{path}:{number}: offsets and weights differ in length")
+        out[row["key"]] = TokenWeights([tuple(o) for o in row["offsets"]], row["weights"])
+    return out
+
+
+def read_difficulties(path: Path) -> dict[str, list[float]]:
+    if not Path(path).is_file():
+        raise DataError(f"{path}: step difficulties not found (run `kpod calculate_difficulties` first)")
+    return {row["key"]: row["difficulties"] for row in read_jsonl(path)}

