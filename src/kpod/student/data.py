@@ -48,6 +48,39 @@ def split_texts(example: DistillExample, n_input_steps: int) -> tuple[str, str, 
     return source, target, len(head) + lead, len(body)
 
 
+@dataclass
+class EncodedExample:
+    source_ids: list[int]
+    target_ids: list[int]
+    target_offsets: list[tuple[int, int]]  # character spans in the rationale ((0, 0) outside it)
+    in_rationale: list[bool]  # target token lies in the rationale part (not the answer sentence)
+    input_truncated: bool
+    target_truncated: bool
+
+
+def encode_example(example: DistillExample, n_input_steps: int, tokenizer, seq2seq: bool, max_input_tokens: int,
+                   max_target_tokens: int) -> EncodedExample:
+    """Tokenise (source, target) at a given c; target offsets are mapped into rationale characters."""
+    source, target, shift, body_len = split_texts(example, n_input_steps)
+    src = tokenizer(source, add_special_tokens=True)["input_ids"]
+    if seq2seq:
+        tgt = tokenizer(target, add_special_tokens=True, return_offsets_mapping=True)
+        target_ids, offsets = tgt["input_ids"], [tuple(o) for o in tgt["offset_mapping"]]
+    else:
+        tgt = tokenizer(" " + target, add_special_tokens=False, return_offsets_mapping=True)
+        target_ids = tgt["input_ids"] + [tokenizer.eos_token_id]
+        offsets = [(max(a - 1, 0), max(b - 1, 0)) for a, b in tgt["offset_mapping"]] + [(0, 0)]
+    input_truncated = len(src) > max_input_tokens
+    if input_truncated:
+        src = src[: max_input_tokens - 1] + src[-1:] if seq2seq else src[:max_input_tokens]
+    target_truncated = len(target_ids) > max_target_tokens
+    if target_truncated:
+        target_ids, offsets = target_ids[:max_target_tokens], offsets[:max_target_tokens]
+    in_rationale = [b > a and a < body_len for a, b in offsets]
+    offsets = [(a + shift, b + shift) if inside else (0, 0) for (a, b), inside in zip(offsets, in_rationale)]
+    return EncodedExample(src, target_ids, offsets, in_rationale, input_truncated, target_truncated)
+
+
 class DistillDataset(Dataset):
     """Items are dicts of lists: input_ids, labels (aligned with input_ids for causal LMs) and
     token_weights; the collator pads them."""
@@ -87,36 +120,24 @@ class DistillDataset(Dataset):
 
     def _encode(self, index: int, c: int) -> dict:
         example = self.examples[index]
-        source, target, shift, body_len = split_texts(example, c)
-        tok = self.tokenizer
-        src = tok(source, add_special_tokens=True)["input_ids"]
-        if self.seq2seq:
-            tgt = tok(target, add_special_tokens=True, return_offsets_mapping=True)
-            target_ids, offsets = tgt["input_ids"], tgt["offset_mapping"]
-        else:
-            tgt = tok(" " + target, add_special_tokens=False, return_offsets_mapping=True)
-            target_ids = tgt["input_ids"] + [tok.eos_token_id]
-            offsets = [(a - 1, b - 1) for a, b in tgt["offset_mapping"]] + [(0, 0)]
-        if len(src) > self.max_input_tokens:
+        enc = encode_example(example, c, self.tokenizer, self.seq2seq, self.max_input_tokens, self.max_target_tokens)
+        if enc.input_truncated:
             self.truncated_inputs.add((example.key, c))
-            src = src[: self.max_input_tokens - 1] + src[-1:] if self.seq2seq else src[: self.max_input_tokens]
-        if len(target_ids) > self.max_target_tokens:
+        if enc.target_truncated:
             self.truncated_targets.add((example.key, c))
-            target_ids, offsets = target_ids[: self.max_target_tokens], offsets[: self.max_target_tokens]
-        weights = self._target_weights(index, offsets, shift, body_len)
+        weights = self._target_weights(index, enc.target_offsets, enc.in_rationale)
         if self.seq2seq:
-            return {"input_ids": src, "labels": target_ids, "token_weights": weights}
-        return {"input_ids": src + target_ids, "labels": [-100] * len(src) + target_ids,
-                "token_weights": [0.0] * len(src) + weights}
+            return {"input_ids": enc.source_ids, "labels": enc.target_ids, "token_weights": weights}
+        return {"input_ids": enc.source_ids + enc.target_ids, "labels": [-100] * len(enc.source_ids) + enc.target_ids,
+                "token_weights": [0.0] * len(enc.source_ids) + weights}
 
-    def _target_weights(self, index: int, offsets, shift: int, body_len: int) -> list[float]:
+    def _target_weights(self, index: int, offsets: list[tuple[int, int]], in_rationale: list[bool]) -> list[float]:
         chars = self._chars[index]
-        in_body = [b > a and a < body_len for a, b in offsets]
         if chars is None:
             return [1.0] * len(offsets)
-        mapped = map_weights(chars, offsets, shift=shift, how=self.overlap)
-        weights = np.array([w if (inside and w is not None) else 1.0 for w, inside in zip(mapped, in_body)])
-        body = np.array(in_body)
+        mapped = map_weights(chars, offsets, how=self.overlap)
+        weights = np.array([w if (inside and w is not None) else 1.0 for w, inside in zip(mapped, in_rationale)])
+        body = np.array(in_rationale, dtype=bool)
         if self.weight_norm == "example_mean" and body.any():
             mean = weights[body].mean()
             if mean > 0:

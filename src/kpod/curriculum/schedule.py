@@ -1,0 +1,171 @@
+"""The in-rationale progressive schedule (paper Eqs. 9-13, method doc section 6).
+
+c_i(t) is the number of rationale steps of item i given in the input at stage (= epoch) t. Every
+item starts answer-only (c_i = n_i). Each selection round hands one more step (the last input
+step) to the output for the selected items S, chosen to maximise
+
+    g(S) = sum_{i in S} delta_i + beta * sum_k sqrt(|C_k ∩ S|)   s.t.  sum_{i in S} delta_i <= ΔD
+
+(the paper's F(S) up to the constant -ΔD), a monotone submodular function under a knapsack
+constraint. `select` is Greedy+Max (Yaroslavtsev, Zhou, Avdiukhin 2020): density greedy where
+every greedy prefix is also tried with the best single feasible addition, a 1/2-approximation
+that contains the best-singleton rule (the empty prefix).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from kpod.artifacts import RunPaths, atomic_write_text, rationale_key, read_difficulties, read_rationales, write_json
+from kpod.config import KPODConfig
+
+
+def budget_curve(t: float, total: float, c0: float, peak: float, p: float) -> float:
+    """D(t) = C0 + (B - C0) (t / T)^(p+1) for t < T, then B (closed form of Eq. 10)."""
+    if peak <= 0 or t >= peak:
+        return total
+    return c0 + (total - c0) * (t / peak) ** (p + 1)
+
+
+def objective(selected: list[int], costs: list[float], groups: list[int], beta: float) -> float:
+    counts = Counter(groups[i] for i in selected)
+    return sum(costs[i] for i in selected) + beta * sum(math.sqrt(c) for c in counts.values())
+
+
+def select(costs: list[float], groups: list[int], budget: float, beta: float) -> list[int]:
+    """Indices maximising objective() with sum(costs) <= budget (Greedy+Max, deterministic)."""
+    if budget < 0 or not costs:
+        return []
+    by_group: dict[int, list[int]] = {}
+    for i in sorted(range(len(costs)), key=lambda i: (costs[i], i)):
+        by_group.setdefault(groups[i], []).append(i)
+    sorted_costs = {g: [costs[i] for i in items] for g, items in by_group.items()}
+    used = {g: 0 for g in by_group}  # greedy takes each group's cheapest first, so used items are a prefix
+    chosen: list[int] = []
+    spent = value = 0.0
+    best_value, best_prefix, best_extra = 0.0, 0, None
+    tolerance = 1e-9 * max(1.0, budget)
+
+    def diversity_gain(g: int) -> float:
+        return beta * (math.sqrt(used[g] + 1) - math.sqrt(used[g]))
+
+    while True:
+        remaining = budget - spent + tolerance
+        # Max step: the best single feasible addition to the current greedy prefix
+        for g, items in by_group.items():
+            k = bisect.bisect_right(sorted_costs[g], remaining, lo=used[g]) - 1
+            if k >= used[g]:
+                gain = sorted_costs[g][k] + diversity_gain(g)
+                if value + gain > best_value + 1e-12:
+                    best_value, best_prefix, best_extra = value + gain, len(chosen), items[k]
+        # Greedy step: the feasible item of highest marginal gain per unit cost
+        pick, pick_density = None, -1.0
+        for g, items in by_group.items():
+            if used[g] < len(items) and sorted_costs[g][used[g]] <= remaining:
+                cost = sorted_costs[g][used[g]]
+                density = math.inf if cost <= 0 else (cost + diversity_gain(g)) / cost
+                if density > pick_density:
+                    pick, pick_density = g, density
+        if pick is None:
+            break
+        i = by_group[pick][used[pick]]
+        value += costs[i] + diversity_gain(pick)
+        spent += costs[i]
+        used[pick] += 1
+        chosen.append(i)
+        if value > best_value + 1e-12:
+            best_value, best_prefix, best_extra = value, len(chosen), None
+    result = chosen[:best_prefix] + ([best_extra] if best_extra is not None else [])
+    return sorted(result)
+
+
+@dataclass
+class Schedule:
+    epochs: int
+    peak: float
+    total: float
+    c0: float
+    input_steps: list[list[int]]  # per item, c_i(t) for t = 0..epochs-1
+    table: list[dict] = field(default_factory=list)
+
+
+def build_schedule(difficulties: list[list[float]], groups: list[int], epochs: int, p: float = 0.5,
+                   c0_ratio: float = 0.3, beta: float = 12.0, peak_fraction: float = 0.5) -> Schedule:
+    """The whole schedule, computed before training (deterministic)."""
+    n_steps = [len(d) for d in difficulties]
+    current = list(n_steps)
+    total = float(sum(sum(d) for d in difficulties))
+    c0 = c0_ratio * total
+    peak = peak_fraction * epochs
+    achieved = 0.0
+    history: list[list[int]] = []
+    table = []
+
+    def round_(budget: float) -> list[int]:
+        candidates = [i for i in range(len(current)) if current[i] > 0]
+        costs = [max(0.0, difficulties[i][current[i] - 1]) for i in candidates]
+        picked = select(costs, [groups[i] for i in candidates], budget, beta)
+        return [candidates[j] for j in picked]
+
+    for t in range(epochs):
+        target = budget_curve(t, total, c0, peak, p) if t > 0 else c0
+        selected: list[int] = []
+        if t >= peak or epochs < 2:  # with one epoch there is nothing to progress over
+            moved = [i for i in range(len(current)) if current[i] > 0]
+            current = [0] * len(current)
+            achieved = total
+            selected = moved
+        else:
+            rounds = 0
+            while True:  # stage 0 repeats rounds until C0 is used; later stages take one round (Δs = 1)
+                chosen = round_(target - achieved)
+                for i in chosen:
+                    achieved += max(0.0, difficulties[i][current[i] - 1])
+                    current[i] -= 1
+                selected.extend(chosen)
+                rounds += 1
+                if t > 0 or not chosen:
+                    break
+        history.append(list(current))
+        counts = Counter(groups[i] for i in selected)
+        table.append({"stage": t, "budget": target, "achieved": achieved, "selected": len(selected),
+                      "per_cluster": {str(k): counts.get(k, 0) for k in sorted(set(groups))},
+                      "full_rationale_items": sum(c == 0 for c in current)})
+    input_steps = [[history[t][i] for t in range(epochs)] for i in range(len(current))]
+    return Schedule(epochs, peak, total, c0, input_steps, table)
+
+
+def format_table(schedule: Schedule) -> str:
+    clusters = sorted({k for row in schedule.table for k in row["per_cluster"]}, key=int)
+    head = f"{'stage':>5} {'budget D(t)':>12} {'achieved':>10} {'moved':>6} {'full':>6}  " + " ".join(f"c{k:>4}" for k in clusters)
+    lines = [head]
+    for row in schedule.table:
+        lines.append(f"{row['stage']:>5} {row['budget']:>12.2f} {row['achieved']:>10.2f} {row['selected']:>6} "
+                     f"{row['full_rationale_items']:>6}  " + " ".join(f"{row['per_cluster'][k]:>5}" for k in clusters))
+    return "\n".join(lines)
+
+
+def build_schedule_file(cfg: KPODConfig) -> dict:
+    """Schedule for the training rationales from the run folder's difficulties and clusters."""
+    paths = RunPaths(cfg.run_dir)
+    rows = read_rationales(paths.rationales("train"), include_incorrect=cfg.train.include_incorrect)
+    difficulties = read_difficulties(paths.difficulties)
+    clusters = json.loads(paths.clusters.read_text())["assignments"]
+    keys = [rationale_key(r) for r in rows]
+    missing = [k for k in keys if k not in difficulties]
+    if missing:
+        raise ValueError(f"{paths.difficulties}: no difficulties for {len(missing)} rationale(s), e.g. {missing[0]}")
+    s = cfg.schedule
+    schedule = build_schedule([difficulties[k] for k in keys], [clusters.get(r["id"], 0) for r in rows], cfg.train.epochs,
+                              s.p, s.c0_ratio, s.beta, s.peak_fraction)
+    write_json(paths.schedule, {"epochs": schedule.epochs, "peak_stage": schedule.peak, "total_difficulty": schedule.total,
+                                "c0": schedule.c0, "table": schedule.table,
+                                "input_steps": dict(zip(keys, schedule.input_steps))})
+    text = format_table(schedule)
+    atomic_write_text(paths.schedule.with_name("table.txt"), text + "\n")
+    print(text)
+    return {"stages": schedule.epochs, "total_difficulty": schedule.total, "c0": schedule.c0}

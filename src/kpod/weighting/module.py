@@ -1,0 +1,136 @@
+"""The mask-learning module that finds keypoint tokens (method doc section 2).
+
+    e   = Att(Emb(r))                       Emb: the student's frozen input embeddings
+    w_j = sigmoid(f_w(e_j))                 f_w: two-layer MLP
+    m_j = straight-through Gumbel sample     forward 0/1, backward the soft sample
+    x_j = m_j * P(e_j) + (1 - m_j) * v_mask  into the reasoner's embedding space
+
+The reasoner reads [question; masked rationale prefix] and predicts the answer. Because the mask
+acts in embedding space, the gradient of the answer loss L_p reaches f_w through m.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kpod.student.load import is_seq2seq
+
+
+def straight_through_gumbel(w: torch.Tensor, tau: float = 1.0, hard: bool = True) -> torch.Tensor:
+    """Keep-mask m from keep probabilities w: two-class logits [log w, log(1-w)], Gumbel noise,
+    softmax at temperature tau; the forward value is the hard 0/1 sample, the gradient the soft one's."""
+    eps = torch.finfo(w.dtype).tiny
+    logits = torch.stack([torch.log(w.clamp_min(eps)), torch.log((1 - w).clamp_min(eps))], dim=-1)
+    uniform = torch.rand_like(logits).clamp(eps, 1.0 - 1e-7)
+    gumbel = -torch.log(-torch.log(uniform))
+    soft = F.softmax((logits + gumbel) / tau, dim=-1)[..., 0]
+    if not hard:
+        return soft
+    return (soft > 0.5).to(soft.dtype) - soft.detach() + soft
+
+
+class TokenWeighter(nn.Module):
+    """Emb (frozen copy of the student's) -> one self-attention layer -> MLP -> sigmoid."""
+
+    def __init__(self, student_embeddings: torch.Tensor, heads: int = 4, mlp_hidden: int = 256):
+        super().__init__()
+        vocab, width = student_embeddings.shape
+        while width % heads:
+            heads -= 1
+        self.embed = nn.Embedding(vocab, width)
+        self.embed.weight.data.copy_(student_embeddings)
+        self.embed.weight.requires_grad_(False)
+        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.norm = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, mlp_hidden), nn.GELU(), nn.Linear(mlp_hidden, 1))
+
+    @property
+    def width(self) -> int:
+        return self.embed.embedding_dim
+
+    def forward(self, token_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(e, w): contextual token states and keep probabilities, shape (B, L, d) and (B, L)."""
+        x = self.embed(token_ids)
+        attended, _ = self.attention(x, x, x, key_padding_mask=~attention_mask.bool(), need_weights=False)
+        e = self.norm(x + attended)
+        w = torch.sigmoid(self.mlp(e).squeeze(-1))
+        return e, w
+
+
+class KeypointModel(nn.Module):
+    """TokenWeighter + projection + learned mask vector + reasoner, with the loss L_p + alpha L_m."""
+
+    def __init__(self, weighter: TokenWeighter, reasoner: nn.Module, alpha: float = 0.5, tau: float = 1.0,
+                 mask_loss: str = "ratio"):
+        super().__init__()
+        self.weighter = weighter
+        self.reasoner = reasoner
+        self.seq2seq = is_seq2seq(reasoner)
+        reasoner_width = reasoner.get_input_embeddings().embedding_dim
+        self.project = nn.Linear(weighter.width, reasoner_width)
+        self.mask_vector = nn.Parameter(torch.randn(reasoner_width) * reasoner.get_input_embeddings().weight.std().item())
+        self.alpha, self.tau, self.mask_loss = alpha, tau, mask_loss
+
+    def forward(self, batch: dict) -> dict:
+        """batch (see weighting.data.PrefixCollator):
+        rationale_ids/rationale_mask (R, L)   student tokens of each rationale
+        question_ids/question_mask (R, Q)     reasoner tokens of each question
+        prefix_owner (P,), prefix_length (P,) which rationale, how many of its tokens
+        cue_ids (C,)                          reasoner tokens of the answer cue (after the prefix)
+        answer_ids (R, A)                     reasoner tokens of the answer (-100 padded)
+        """
+        e, w = self.weighter(batch["rationale_ids"], batch["rationale_mask"])
+        valid = batch["rationale_mask"].to(w.dtype)
+        m = straight_through_gumbel(w, self.tau) * valid if self.training else (w > 0.5).to(w.dtype) * valid
+        projected = self.project(e)
+        masked = m.unsqueeze(-1) * projected + (1 - m.unsqueeze(-1)) * self.mask_vector
+        l_p = self._answer_loss(batch, masked)
+        tokens = valid.sum(dim=1).clamp_min(1)
+        kept = (m * valid).sum(dim=1)
+        l_m = (kept / tokens).mean() if self.mask_loss == "ratio" else kept.mean()
+        return {"loss": l_p + self.alpha * l_m, "answer_loss": l_p, "mask_loss": l_m, "w": w, "m": m}
+
+    def _answer_loss(self, batch: dict, masked: torch.Tensor) -> torch.Tensor:
+        embed = self.reasoner.get_input_embeddings()
+        owner, length = batch["prefix_owner"], batch["prefix_length"]
+        question = embed(batch["question_ids"])[owner]  # (P, Q, d)
+        question_mask = batch["question_mask"][owner]
+        rationale = masked[owner]  # (P, L, d)
+        positions = torch.arange(rationale.shape[1], device=rationale.device)
+        prefix_mask = (positions.unsqueeze(0) < length.unsqueeze(1)).to(question_mask.dtype)
+        cue = embed(batch["cue_ids"]).unsqueeze(0).expand(len(owner), -1, -1)
+        cue_mask = torch.ones(cue.shape[:2], dtype=question_mask.dtype, device=cue.device)
+        answers = batch["answer_ids"][owner]  # (P, A)
+        if self.seq2seq:
+            inputs = torch.cat([question, rationale, cue], dim=1)
+            mask = torch.cat([question_mask, prefix_mask, cue_mask], dim=1)
+            inputs, mask = _pack_left(inputs, mask)
+            logits = self.reasoner(inputs_embeds=inputs, attention_mask=mask, labels=answers).logits
+            targets = answers
+        else:
+            answer_embeds = embed(answers.clamp_min(0))
+            answer_mask = (answers != -100).to(question_mask.dtype)
+            inputs = torch.cat([question, rationale, cue, answer_embeds], dim=1)
+            mask = torch.cat([question_mask, prefix_mask, cue_mask, answer_mask], dim=1)
+            labels = torch.cat([torch.full(mask.shape[:1] + (mask.shape[1] - answers.shape[1],), -100,
+                                           dtype=answers.dtype, device=answers.device), answers], dim=1)
+            inputs, mask, labels = _pack_left(inputs, mask, labels)
+            logits = self.reasoner(inputs_embeds=inputs, attention_mask=mask).logits[:, :-1]
+            targets = labels[:, 1:]
+        nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
+        return nll.sum(dim=1).mean()  # summed over answer tokens, averaged over prefixes
+
+    @torch.no_grad()
+    def token_weights(self, rationale_ids: torch.Tensor, rationale_mask: torch.Tensor) -> torch.Tensor:
+        """Deterministic w (no sampling) for export."""
+        return self.weighter(rationale_ids, rationale_mask)[1]
+
+
+def _pack_left(inputs: torch.Tensor, mask: torch.Tensor, *extra: torch.Tensor):
+    """Move each row's unmasked positions to the front (a stable sort on the mask), so padding in
+    the middle of [question; prefix; cue] becomes padding at the end."""
+    order = torch.sort((mask == 0).to(torch.int8), dim=1, stable=True).indices
+    gather = lambda t: torch.gather(t, 1, order if t.dim() == 2 else order.unsqueeze(-1).expand_as(t))
+    return (gather(inputs), gather(mask), *[gather(t) for t in extra])
