@@ -9,6 +9,7 @@ import sys
 
 from kpod.config import ConfigError, load_config
 from kpod.data.datasets import DataError
+from kpod.teacher.openai_teacher import TeacherError
 
 STAGE_NAMES = ("generate", "train_token_weighting", "calculate_difficulties", "cluster", "train", "evaluate", "full_pipeline")
 
@@ -86,7 +87,7 @@ def _setup_logging(quiet: bool) -> None:
 def _run(func) -> int:
     try:
         result = func()
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DataError, FileNotFoundError, ValueError, TeacherError) as exc:
         print(f"kpod: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
