@@ -133,6 +133,7 @@ class TrainConfig(_Section):
     resume: bool = Field(True, description="Resume from the last checkpoint in the run folder when one exists.")
     include_incorrect: bool = Field(False, description="Train on rationales marked incorrect too.")
     max_steps: int = Field(-1, description="Stop after this many optimiser steps (debugging; -1: off).")
+    sampling: Literal["random", "sequential", "group_by_length"] = Field("random", description="Order of training examples (transformers train_sampling_strategy).")
 
 
 class EvalConfig(_Section):

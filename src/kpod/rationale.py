@@ -217,13 +217,21 @@ def _last_named_choice(lowered: str, choices: list[str]) -> str | None:
     return best
 
 
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 def answers_match(pred: str | None, gold: str, task: Task, rel_tol: float = 1e-4) -> bool:
     if pred is None:
         return False
     if task == "choice":
         return pred.strip().upper() == gold.strip().upper()
     try:
-        p, g = float(pred), float(gold)
-    except ValueError:
+        p, g = (float(x) if _is_float(x) else float(_number_matches(x)[0]) for x in (pred, gold))
+    except IndexError:
         return False
     return abs(p - g) <= max(1e-6, rel_tol * abs(g))

@@ -112,9 +112,10 @@ def build_schedule(difficulties: list[list[float]], groups: list[int], epochs: i
         return [candidates[j] for j in picked]
 
     for t in range(epochs):
-        target = budget_curve(t, total, c0, peak, p) if t > 0 else c0
+        full = t >= peak or epochs < 2  # with one epoch there is nothing to progress over
+        target = total if full else budget_curve(t, total, c0, peak, p) if t > 0 else c0
         selected: list[int] = []
-        if t >= peak or epochs < 2:  # with one epoch there is nothing to progress over
+        if full:
             moved = [i for i in range(len(current)) if current[i] > 0]
             current = [0] * len(current)
             achieved = total

@@ -8,6 +8,7 @@ import math
 import os
 import time
 
+import torch
 from transformers import TrainingArguments
 
 from kpod.artifacts import RunPaths, read_rationales, read_weights, write_json
@@ -58,11 +59,12 @@ def training_arguments(cfg: KPODConfig, paths: RunPaths) -> TrainingArguments:
         output_dir=str(paths.checkpoints), num_train_epochs=t.epochs, max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate, weight_decay=t.weight_decay, warmup_steps=t.warmup_ratio,
-        lr_scheduler_type=t.lr_scheduler, bf16=t.bf16, gradient_checkpointing=t.gradient_checkpointing,
+        lr_scheduler_type=t.lr_scheduler, bf16=t.bf16, activation_checkpointing=t.gradient_checkpointing,
         logging_steps=t.logging_steps,
         save_strategy="epoch" if t.save_checkpoints else "no", save_total_limit=t.save_total_limit,
         report_to=[] if cfg.report_to == "none" else [cfg.report_to], seed=cfg.seed, data_seed=cfg.seed,
-        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=False, save_only_model=False,
+        remove_unused_columns=False, train_sampling_strategy=t.sampling, dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # lets torchrun run gloo data parallelism on CPUs dataloader_num_workers=0, disable_tqdm=False, save_only_model=False,
     )
 
 

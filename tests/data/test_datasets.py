@@ -1,0 +1,59 @@
+import json
+
+import pytest
+
+from kpod.data import DataError, load_dataset_splits
+from kpod.rationale import answers_match, extract_answer
+
+
+@pytest.mark.parametrize("name,train,dev,test", [
+    ("gsm8k", 7473, 660, 659), ("svamp", 700, 150, 150), ("commonsenseqa", 8520, 1221, 1221), ("asdiv", None, 313, 314)])
+def test_paper_split_sizes(data_dir, name, train, dev, test):
+    splits = load_dataset_splits(name, data_dir)
+    assert (len(splits.dev), len(splits.test)) == (dev, test)
+    if train:
+        assert len(splits.train) == train
+    else:
+        assert 1400 <= len(splits.train) <= 1500
+    ids = [q.id for q in splits.train + splits.dev + splits.test]
+    assert len(ids) == len(set(ids)), "a question sits in two splits"
+
+
+@pytest.mark.parametrize("name,folder", [("gsm8k", "GSM8K"), ("svamp", "SVAMP"), ("commonsenseqa", "CSQA"), ("asdiv", "ASDiv")])
+def test_gold_answers_agree_with_mcc_kd_labels(data_dir, name, folder):
+    splits = load_dataset_splits(name, data_dir)
+    rows = json.loads((data_dir / "splits_mcc_kd" / folder / "test.json").read_text())
+    task = "choice" if name == "commonsenseqa" else "math"
+    assert all(answers_match(q.answer, r["label"], task) for q, r in zip(splits.test, rows))
+
+
+def test_gsm8k_solution_is_clean_and_correct(data_dir):
+    q = load_dataset_splits("gsm8k", data_dir).train[0]
+    assert "<<" not in q.solution and "####" not in q.solution
+    assert extract_answer(q.solution, "math") == q.answer == "72"
+
+
+def test_csqa_record_has_choices(data_dir):
+    q = load_dataset_splits("commonsenseqa", data_dir).test[0]
+    assert q.task == "choice" and len(q.choices) == 5 and "(A)" in q.question and q.answer in "ABCDE"
+
+
+def test_official_splits(data_dir):
+    s = load_dataset_splits("gsm8k", data_dir, "official")
+    assert (len(s.train), len(s.test)) == (7473, 1319)
+
+
+def test_missing_and_malformed_files_name_the_file(tmp_path):
+    with pytest.raises(DataError, match="data folder not found"):
+        load_dataset_splits("gsm8k", tmp_path / "nowhere")
+    (tmp_path / "gsm8k").mkdir()
+    with pytest.raises(DataError, match=r"gsm8k/train.jsonl: file not found"):
+        load_dataset_splits("gsm8k", tmp_path, "official")
+    (tmp_path / "gsm8k" / "train.jsonl").write_text('{"question": "q", "answer": "a #### 1"}\n{not json\n')
+    with pytest.raises(DataError, match=r"train.jsonl:2: malformed JSON"):
+        load_dataset_splits("gsm8k", tmp_path, "official")
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset_splits("mnist")

@@ -1,0 +1,81 @@
+import math
+
+import pytest
+import torch
+
+from kpod.artifacts import RunPaths
+from kpod.config import load_config
+from kpod.student.data import DistillCollator, DistillDataset, DistillExample
+from kpod.student.load import load_student
+from kpod.student.train import training_arguments
+from kpod.student.trainer import DistillTrainer, weighted_token_loss
+from kpod.weighting.offsets import TokenWeights
+
+STEPS = ["Natalia sold 48/2 = 24 clips in May.\n", "Natalia sold 48+24 = 72 clips altogether."]
+QUESTION = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many?"
+
+
+def test_weighted_loss_by_hand():
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[0.0, 0.0, 3.0], [1.0, 1.0, 1.0]]])
+    labels = torch.tensor([[0, 1], [2, -100]])
+    weights = torch.tensor([[0.5, 2.0], [1.0, 0.0]])
+    nll = lambda row, k: -math.log(math.exp(row[k]) / sum(math.exp(x) for x in row))
+    expected = (0.5 * nll([2, 0, 0], 0) + 2.0 * nll([0, 1, 0], 1) + 1.0 * nll([0, 0, 3], 2)) / 3
+    assert weighted_token_loss(logits, labels, weights).item() == pytest.approx(expected, rel=1e-6)
+    # under accumulation the Trainer passes the global token count
+    assert weighted_token_loss(logits, labels, weights, 6).item() == pytest.approx(expected / 2, rel=1e-6)
+
+
+def _examples(weights=None):
+    return [DistillExample("a#0", QUESTION, "72", STEPS, weights),
+            DistillExample("b#0", "Weng earns $12 an hour. How much for 50 minutes?", "10",
+                           ["Weng earns 12/60 = $0.2 per minute.\n", "Working 50 minutes, she earned 0.2 x 50 = $10."], weights)]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_t5", "tiny_llama"])
+def test_all_ones_weights_give_plain_cross_entropy(request, tmp_path, fixture):
+    folder = request.getfixturevalue(fixture)
+    model, tokenizer = load_student(str(folder))
+    seq2seq = model.config.is_encoder_decoder
+    dataset = DistillDataset(_examples(), tokenizer, seq2seq)
+    batch = DistillCollator(tokenizer.pad_token_id, seq2seq)([dataset[0], dataset[1]])
+    cfg = load_config(overrides={"output_dir": str(tmp_path), "report_to": "none"})
+    trainer = DistillTrainer(model=model, args=training_arguments(cfg, RunPaths(tmp_path)), train_dataset=dataset)
+    ours = trainer.compute_loss(model, dict(batch))
+    plain = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    assert ours.item() == pytest.approx(plain.item(), rel=1e-5)
+
+
+def test_weights_follow_character_offsets(tiny_t5):
+    _, tokenizer = load_student(str(tiny_t5))
+    rationale = "".join(STEPS)
+    enc = tokenizer(rationale, add_special_tokens=False, return_offsets_mapping=True)
+    stored = [0.1 + 0.8 * (i % 2) for i in range(len(enc["input_ids"]))]
+    weights = TokenWeights([tuple(o) for o in enc["offset_mapping"]], stored)
+    ds = DistillDataset(_examples(weights)[:1], tokenizer, True, weight_norm="none")
+    item = ds[0]
+    n = len(enc["input_ids"])
+    # same tokenisation of the rationale part: the stored weights come back exactly, then the answer sentence at 1
+    assert item["labels"][:n] == enc["input_ids"]
+    assert item["token_weights"][:n] == pytest.approx(stored)
+    assert item["token_weights"][n:] == [1.0] * (len(item["labels"]) - n)
+    normed = DistillDataset(_examples(weights)[:1], tokenizer, True)[0]["token_weights"][:n]
+    assert sum(normed) / n == pytest.approx(1.0)
+
+
+def test_input_steps_move_into_the_source(tiny_llama):
+    _, tokenizer = load_student(str(tiny_llama))
+    example = DistillExample("a#0", QUESTION, "72", STEPS, None, input_steps=[2, 1, 0])
+    ds = DistillDataset([example], tokenizer, False)
+    targets = []
+    for stage in range(3):
+        ds.stage = stage
+        item = ds[0]
+        target_ids = [t for t in item["labels"] if t != -100]
+        targets.append(tokenizer.decode(target_ids, skip_special_tokens=True))
+        assert len(item["input_ids"]) == len(item["labels"]) == len(item["token_weights"])
+    assert targets[0].strip() == "Therefore, the answer is 72."
+    assert targets[1].strip().startswith("Natalia sold 48+24") and "48/2" not in targets[1]
+    assert targets[2].strip().startswith("Natalia sold 48/2")
+    ds.stage = 1
+    assert ds[0] is ds[0]  # tokenised once per (example, c)

@@ -1,0 +1,125 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kpod import pipeline
+from kpod.config import load_config
+from kpod.data import DataError
+from kpod.evaluation.evaluate import generate
+from kpod.student.load import load_student
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cfg(run, model, **extra):
+    overrides = {"dataset": "gsm8k", "output_dir": str(run), "student.model": str(model), "method": "std-cot",
+                 "teacher.kind": "reference", "data.max_train_questions": 12, "data.max_eval_questions": 4,
+                 "train.epochs": 3, "train.learning_rate": 3e-3, "train.eval_every": 0, "train.logging_steps": 1,
+                 "student.lora": False, "student.max_input_tokens": 256, "student.max_target_tokens": 256,
+                 "eval.max_new_tokens": 12, "train.lr_scheduler": "constant"}
+    overrides.update(extra)
+    return load_config(overrides=overrides)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_t5", "tiny_llama"])
+def test_training_lowers_the_loss_and_saved_model_predicts_the_same(request, tmp_path, fixture):
+    model_dir = request.getfixturevalue(fixture)
+    cfg = _cfg(tmp_path / "run", model_dir)
+    pipeline.generate(cfg)
+    summary = pipeline.train(cfg)
+    losses = [h["loss"] for h in summary["loss_history"]]
+    assert len(losses) == 9 and sum(losses[-3:]) < sum(losses[:3])
+    assert summary["truncated_targets"] == 0
+    reloaded, tokenizer = load_student(str(tmp_path / "run" / "student"))
+    fresh, _ = load_student(str(model_dir))
+    prompts = ["Q: What is 2 + 3? A: Let's think step by step.", "Q: Tom has 4 apples. A: Let's think step by step."]
+    assert generate(reloaded, tokenizer, prompts, 8, progress=False) == generate(reloaded, tokenizer, prompts, 8, progress=False)
+    trained_state = reloaded.state_dict()
+    assert any(not torch.equal(v, fresh.state_dict()[k]) for k, v in trained_state.items())
+
+
+def test_lora_adapter_round_trip_and_wrong_base(tmp_path, tiny_llama, tiny_t5):
+    cfg = _cfg(tmp_path / "run", tiny_llama, **{"student.lora": True, "student.lora_r": 4, "train.epochs": 1})
+    pipeline.generate(cfg)
+    pipeline.train(cfg)
+    student = tmp_path / "run" / "student"
+    assert (student / "adapter_config.json").is_file() and (student / "kpod_student.json").is_file()
+    model, tokenizer = load_student(str(student))
+    assert hasattr(model, "peft_config")
+    metrics = pipeline.evaluate(cfg, model_path=str(student))
+    assert metrics["total"] == 4
+    with pytest.raises(ValueError, match="adapter was trained on"):
+        load_student(str(tiny_t5), adapter=student)
+
+
+def test_resume_continues_the_same_run(tmp_path, tiny_t5):
+    whole = _cfg(tmp_path / "whole", tiny_t5, **{"train.epochs": 2})
+    pipeline.generate(whole)
+    pipeline.train(whole)
+    part = _cfg(tmp_path / "part", tiny_t5, **{"train.epochs": 2, "train.max_steps": 3})  # 12 questions / 4 = 3 steps an epoch
+    pipeline.generate(part)
+    pipeline.train(part)
+    assert (tmp_path / "part" / "checkpoints" / "checkpoint-3").is_dir()
+    resumed = pipeline.train(_cfg(tmp_path / "part", tiny_t5, **{"train.epochs": 2}))
+    assert resumed["resumed"] and resumed["steps"] == 6
+    a, _ = load_student(str(tmp_path / "whole" / "student"))
+    b, _ = load_student(str(tmp_path / "part" / "student"))
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-6), name
+
+
+def test_bad_training_input(tmp_path, tiny_t5):
+    cfg = _cfg(tmp_path / "run", tiny_t5)
+    with pytest.raises(DataError, match="rationales file not found"):
+        pipeline.train(cfg)
+    (tmp_path / "run" / "rationales").mkdir(parents=True)
+    (tmp_path / "run" / "rationales" / "train.jsonl").write_text("")
+    with pytest.raises(DataError, match="no rationales"):
+        pipeline.train(cfg)
+    row = {"id": "svamp-chal-1", "question": "q", "gold": "1", "rationale": "a.", "steps": ["a."], "correct": True}
+    (tmp_path / "run" / "rationales" / "train.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match="match no training question"):
+        pipeline.train(cfg)
+
+
+def test_truncation_is_counted(tmp_path, tiny_t5):
+    cfg = _cfg(tmp_path / "run", tiny_t5, **{"student.max_target_tokens": 16, "train.epochs": 1})
+    pipeline.generate(cfg)
+    summary = pipeline.train(cfg)
+    assert summary["truncated_targets"] > 0
+
+
+def test_two_process_data_parallel_matches_one_process(tmp_path, tiny_llama):
+    """torchrun --nproc_per_node 2 (gloo) with the same global batch follows the one-process loss curve."""
+    script = tmp_path / "dp.py"
+    script.write_text(
+        "import json, sys\nfrom kpod import pipeline\nfrom kpod.config import load_config\n"
+        "run, bs = sys.argv[1], int(sys.argv[2])\n"
+        f"cfg = load_config(overrides={{'dataset': 'gsm8k', 'output_dir': run, 'student.model': r'{tiny_llama}', "
+        "'method': 'std-cot', 'teacher.kind': 'reference', 'data.max_train_questions': 16, 'train.epochs': 2, "
+        "'train.learning_rate': 3e-3, 'train.eval_every': 0, 'train.logging_steps': 1, 'student.lora': False, "
+        "'train.batch_size': bs, 'train.sampling': 'sequential', 'train.save_checkpoints': False, "
+        "'student.max_target_tokens': 256, 'train.lr_scheduler': 'constant'})\n"
+        "import torch.distributed as dist\n"
+        "pipeline.generate(cfg) if not dist.is_available() or int(__import__('os').environ.get('RANK', 0)) == 0 else None\n"
+        "s = pipeline.train(cfg)\n"
+        "print('LOSSES', json.dumps([h['loss'] for h in s['loss_history']]))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = tmp_path / "one"
+    pipeline.generate(load_config(overrides={"output_dir": str(one), "teacher.kind": "reference", "data.max_train_questions": 16}))
+    two = tmp_path / "two"
+    pipeline.generate(load_config(overrides={"output_dir": str(two), "teacher.kind": "reference", "data.max_train_questions": 16}))
+    out1 = subprocess.run([sys.executable, str(script), str(one), "4"], env=env, capture_output=True, text=True, timeout=600)
+    assert out1.returncode == 0, out1.stderr[-3000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    out2 = subprocess.run(torchrun + [str(script), str(two), "2"], env=env, capture_output=True, text=True, timeout=600)
+    assert out2.returncode == 0, out2.stderr[-3000:]
+    curve = lambda out: json.loads(next(l for l in out.stdout.splitlines() if l.startswith("LOSSES"))[7:])
+    single, parallel = curve(out1), curve(out2)
+    assert len(single) == len(parallel) == 8
+    assert single == pytest.approx(parallel, rel=2e-3)
