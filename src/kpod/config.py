@@ -66,6 +66,7 @@ class WeightingConfig(_Section):
     prefixes: str = Field("steps", description="Rationale prefixes fed to the reasoner: steps (every step boundary), all (every token), sample:N.")
     mask_loss: Literal["ratio", "sum"] = Field("ratio", description="L_m as the mean of m over the rationale's tokens (ratio) or their sum.")
     epochs: int = Field(3, ge=1, description="Training epochs of the weighting module.")
+    reasoner_warmup_epochs: int = Field(0, ge=0, description="Epochs training the reasoner on unmasked rationales before masking starts (use with a reasoner that cannot yet answer, e.g. one not pretrained).")
     learning_rate: float = Field(1e-4, gt=0, description="Learning rate of the module and reasoner.")
     batch_size: int = Field(4, ge=1, description="Rationales per step (all their prefixes go through the reasoner as one batch).")
     attention_heads: int = Field(4, ge=1, description="Heads of the single self-attention layer.")

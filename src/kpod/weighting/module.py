@@ -69,11 +69,16 @@ class KeypointModel(nn.Module):
         self.reasoner = reasoner
         self.seq2seq = is_seq2seq(reasoner)
         reasoner_width = reasoner.get_input_embeddings().embedding_dim
+        scale = reasoner.get_input_embeddings().weight.detach().float().std().item()
+        # P(e) starts at the scale of the reasoner's own token embeddings: with a much larger norm the
+        # projected tokens read as noise and the reasoner first learns to prefer the mask vector
         self.project = nn.Linear(weighter.width, reasoner_width)
-        self.mask_vector = nn.Parameter(torch.randn(reasoner_width) * reasoner.get_input_embeddings().weight.std().item())
+        nn.init.normal_(self.project.weight, std=scale / weighter.width**0.5)
+        nn.init.zeros_(self.project.bias)
+        self.mask_vector = nn.Parameter(torch.randn(reasoner_width) * scale)
         self.alpha, self.tau, self.mask_loss = alpha, tau, mask_loss
 
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: dict, keep_all: bool = False) -> dict:
         """batch (see weighting.data.PrefixCollator):
         rationale_ids/rationale_mask (R, L)   student tokens of each rationale
         question_ids/question_mask (R, Q)     reasoner tokens of each question
@@ -83,14 +88,19 @@ class KeypointModel(nn.Module):
         """
         e, w = self.weighter(batch["rationale_ids"], batch["rationale_mask"])
         valid = batch["rationale_mask"].to(w.dtype)
-        m = straight_through_gumbel(w, self.tau) * valid if self.training else (w > 0.5).to(w.dtype) * valid
+        if keep_all:  # reasoner warm-up: tokens masked at random (p = 0.5), only L_p
+            m = torch.bernoulli(torch.full_like(w, 0.5)).detach() * valid
+        elif self.training:
+            m = straight_through_gumbel(w, self.tau) * valid
+        else:
+            m = (w > 0.5).to(w.dtype) * valid
         projected = self.project(e)
         masked = m.unsqueeze(-1) * projected + (1 - m.unsqueeze(-1)) * self.mask_vector
         l_p = self._answer_loss(batch, masked)
         tokens = valid.sum(dim=1).clamp_min(1)
         kept = (m * valid).sum(dim=1)
         l_m = (kept / tokens).mean() if self.mask_loss == "ratio" else kept.mean()
-        return {"loss": l_p + self.alpha * l_m, "answer_loss": l_p, "mask_loss": l_m, "w": w, "m": m}
+        return {"loss": l_p if keep_all else l_p + self.alpha * l_m, "answer_loss": l_p, "mask_loss": l_m, "w": w, "m": m}
 
     def _answer_loss(self, batch: dict, masked: torch.Tensor) -> torch.Tensor:
         embed = self.reasoner.get_input_embeddings()

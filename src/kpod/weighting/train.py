@@ -35,21 +35,25 @@ def build_keypoint_model(cfg: KPODConfig, student_name: str | None = None):
 
 
 def fit_keypoint_model(model: KeypointModel, collator: PrefixCollator, items: list[WeightingItem], epochs: int,
-                       lr: float, batch_size: int, seed: int = 0, progress: bool = True) -> list[dict]:
+                       lr: float, batch_size: int, seed: int = 0, progress: bool = True, warmup_epochs: int = 0) -> list[dict]:
+    """Train jointly; the first `warmup_epochs` train the reasoner (and projection) on unmasked
+    rationales, so that L_p can tell needed tokens from filler once masking starts."""
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
     generator = torch.Generator().manual_seed(seed)
     history = []
     model.train()
-    for epoch in range(epochs):
+    for epoch in range(warmup_epochs + epochs):
+        warming = epoch < warmup_epochs
         order = torch.randperm(len(items), generator=generator).tolist()
         totals = {"loss": 0.0, "answer_loss": 0.0, "mask_loss": 0.0, "mean_w": 0.0}
         batches = range(0, len(order), batch_size)
-        bar = tqdm(batches, desc=f"token weighting epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        label = f"reasoner warm-up {epoch + 1}/{warmup_epochs}" if warming else f"token weighting epoch {epoch + 1 - warmup_epochs}/{epochs}"
+        bar = tqdm(batches, desc=label, disable=not progress, leave=False)
         for start in bar:
             batch = collator([items[i] for i in order[start : start + batch_size]])
-            out = model(batch)
+            out = model(batch, keep_all=warming)
             optimizer.zero_grad()
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -60,7 +64,7 @@ def fit_keypoint_model(model: KeypointModel, collator: PrefixCollator, items: li
             totals["mean_w"] += out["w"][valid].mean().item()
             bar.set_postfix(loss=f"{out['loss'].item():.3f}", kept=f"{out['mask_loss'].item():.2f}")
         n = max(1, len(batches))
-        history.append({"epoch": epoch + 1, **{k: v / n for k, v in totals.items()}})
+        history.append({"epoch": epoch + 1, "warmup": warming, **{k: v / n for k, v in totals.items()}})
         log.info("token weighting epoch %d: %s", epoch + 1, history[-1])
     return history
 
@@ -94,7 +98,8 @@ def train_weighting(cfg: KPODConfig) -> dict:
     collator = PrefixCollator(student_tok, reasoner_tok, is_seq2seq(model.reasoner), w.prefixes, w.max_rationale_tokens,
                               w.max_question_tokens, cfg.seed)
     start = time.time()
-    history = fit_keypoint_model(model, collator, to_items(train_rows), w.epochs, w.learning_rate, w.batch_size, cfg.seed)
+    history = fit_keypoint_model(model, collator, to_items(train_rows), w.epochs, w.learning_rate, w.batch_size, cfg.seed,
+                                 warmup_epochs=w.reasoner_warmup_epochs)
     seconds = time.time() - start
     rows = export_weights(model, collator, to_items(all_rows))
     write_jsonl(paths.weights, rows)
