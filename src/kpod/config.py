@@ -71,6 +71,7 @@ class WeightingConfig(_Section):
     batch_size: int = Field(4, ge=1, description="Rationales per step (all their prefixes go through the reasoner as one batch).")
     attention_heads: int = Field(4, ge=1, description="Heads of the single self-attention layer.")
     mlp_hidden: int = Field(256, ge=1, description="Hidden width of the two-layer MLP f_w.")
+    gradient_checkpointing: bool = Field(False, description="Recompute the reasoner's activations in the backward pass (all prefixes of a batch go through it at once, so memory grows with batch_size x prefixes).")
     max_rationale_tokens: int = Field(256, ge=8, description="Rationale tokens seen by the module (longer ones are truncated; the rest get weight 1).")
     max_question_tokens: int = Field(192, ge=8, description="Question tokens given to the reasoner.")
     overlap: Literal["max", "mean"] = Field("max", description="How a training token takes weights of overlapping stored tokens.")

@@ -116,7 +116,7 @@ class KeypointModel(nn.Module):
         if self.seq2seq:
             inputs = torch.cat([question, rationale, cue], dim=1)
             mask = torch.cat([question_mask, prefix_mask, cue_mask], dim=1)
-            inputs, mask = _pack_left(inputs, mask)
+            inputs, mask = _pack(inputs, mask, padding="right")
             logits = self.reasoner(inputs_embeds=inputs, attention_mask=mask, labels=answers).logits
             targets = answers
         else:
@@ -126,9 +126,12 @@ class KeypointModel(nn.Module):
             mask = torch.cat([question_mask, prefix_mask, cue_mask, answer_mask], dim=1)
             labels = torch.cat([torch.full(mask.shape[:1] + (mask.shape[1] - answers.shape[1],), -100,
                                            dtype=answers.dtype, device=answers.device), answers], dim=1)
-            inputs, mask, labels = _pack_left(inputs, mask, labels)
-            logits = self.reasoner(inputs_embeds=inputs, attention_mask=mask).logits[:, :-1]
-            targets = labels[:, 1:]
+            # left padding puts every answer at the end of its row, so only the last A + 1 positions
+            # need vocabulary logits (the rest would cost (P x length x vocab) memory for nothing)
+            inputs, mask, labels = _pack(inputs, mask, labels, padding="left")
+            keep = answers.shape[1] + 1
+            logits = self.reasoner(inputs_embeds=inputs, attention_mask=mask, logits_to_keep=keep).logits[:, :-1]
+            targets = labels[:, -(keep - 1):]
         nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
         return nll.sum(dim=1).mean()  # summed over answer tokens, averaged over prefixes
 
@@ -138,9 +141,10 @@ class KeypointModel(nn.Module):
         return self.weighter(rationale_ids, rationale_mask)[1]
 
 
-def _pack_left(inputs: torch.Tensor, mask: torch.Tensor, *extra: torch.Tensor):
-    """Move each row's unmasked positions to the front (a stable sort on the mask), so padding in
-    the middle of [question; prefix; cue] becomes padding at the end."""
-    order = torch.sort((mask == 0).to(torch.int8), dim=1, stable=True).indices
+def _pack(inputs: torch.Tensor, mask: torch.Tensor, *extra: torch.Tensor, padding: str = "right"):
+    """Move each row's padding (mask 0) to one end by a stable sort, so that padding in the middle
+    of [question; prefix; cue; answer] ends up at the right (or left) end of the row."""
+    key = (mask == 0) if padding == "right" else (mask != 0)
+    order = torch.sort(key.to(torch.int8), dim=1, stable=True).indices
     gather = lambda t: torch.gather(t, 1, order if t.dim() == 2 else order.unsqueeze(-1).expand_as(t))
     return (gather(inputs), gather(mask), *[gather(t) for t in extra])

@@ -29,6 +29,8 @@ def build_keypoint_model(cfg: KPODConfig, student_name: str | None = None):
     if w.reasoner_lora:
         reasoner = add_lora(reasoner, cfg.student.lora_r, cfg.student.lora_alpha, cfg.student.lora_dropout,
                             cfg.student.target_modules)
+    if w.gradient_checkpointing:
+        reasoner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     weighter = TokenWeighter(embeddings, w.attention_heads, w.mlp_hidden)
     model = KeypointModel(weighter, reasoner, w.alpha, w.gumbel_tau, w.mask_loss)
     return model, load_tokenizer(student_name), load_tokenizer(reasoner_name)
