@@ -29,7 +29,9 @@ def test_split_steps_boundaries():
 @pytest.mark.parametrize("text,expected", [
     ("So 4 + 5 = 9. Therefore, the answer is 9.", "9"),
     ("The answer is $1,234.50.", "1234.5"),
-    ("she lost 5 and has -3 left", "-3"),
+    ("She lost 5. Now she has -3 left", "-3"),
+    ("They made 2 dollars a day over the remaining 57 days.", "2"),
+    ("So they fill 108 x 58 = 6264 drums in 58 days.", "6264"),
     ("The answer is 50%.", "50"),
     ("It is 3/4 of the cake. The answer is 3/4", "0.75"),
     ("The answer is (79 - 53).", "26"),
@@ -51,6 +53,10 @@ def test_extract_math(text, expected):
 ])
 def test_extract_choice(text, expected):
     assert extract_answer(text, "choice", ["annoy", "eat meat", "open doors", "need food", "jog"]) == expected
+
+
+def test_last_number_fallback():
+    assert extract_answer("They made 2 dollars a day over the remaining 57 days.", "math", fallback="last_number") == "57"
 
 
 def test_answers_match_tolerance():

@@ -94,7 +94,7 @@ def _run(func) -> int:
         print("kpod: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     if isinstance(result, dict):
-        print(json.dumps(result, indent=1, default=str)[:4000])
+        print(json.dumps(result, indent=1, default=str))
     return 0
 
 

@@ -62,7 +62,7 @@ def format_table(table: list[dict], cfg) -> str:
     for row in table:
         lines.append(f"{row['arm']:<12}{row['accuracy']:>9.1f}%{row['correct']:>9}{row['answer_sentence']:>17}"
                      f"{row['seconds_this_run']:>10.0f}")
-    lines.append(f"report: kpod report {table[-1]['run_dir'].replace('std-cot', 'kpod')}")
+    lines.append(f"report of the KPOD run: kpod report {cfg.run_dir}")
     return "\n".join(lines)
 
 

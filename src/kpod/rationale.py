@@ -135,7 +135,7 @@ def _answer_after_trigger(after: str) -> str | None:
     """The number after "the answer is"; an arithmetic expression there (PaLM writes
     `The answer is (79 - 53).`) is evaluated."""
     expression = _EXPRESSION.match(after)
-    if expression and re.search(r"\d\s*[-+*/]\s*\(?\s*\d", expression.group(1)):
+    if expression and re.search(r"[\d)]\s*[-+*/]\s*[(\-\s]*\d", expression.group(1)):
         result = _evaluate_arithmetic(expression.group(1).strip().rstrip("."))
         if result is not None:
             return normalize_number(result)
@@ -175,10 +175,24 @@ _LETTER_AFTER_TRIGGER = re.compile(r"^\s*:?\s*\(?([A-Ea-e])\)?(?![A-Za-z])")
 _LETTER = re.compile(r"\(([A-E])\)|(?<![A-Za-z'])([A-E])(?![A-Za-z'])(?!\s+[a-z])")
 
 
-def extract_answer(text: str, task: Task, choices: list[str] | None = None) -> str | None:
+def _final_statement_number(text: str) -> str | None:
+    """The result of the last step that holds a number: the first number after its last "=",
+    else its first number ("they made 2 dollars a day over the 57 days" -> 2)."""
+    for step in reversed(split_steps(text)):
+        found = _number_matches(step.split("=")[-1]) if "=" in step else []
+        found = found or _number_matches(step)
+        if found:
+            return found[0]
+    return None
+
+
+def extract_answer(text: str, task: Task, choices: list[str] | None = None,
+                   fallback: Literal["final_statement", "last_number"] = "final_statement") -> str | None:
     """The answer a rationale ends in, normalised: a number string (math) or a letter A-E (choice).
 
-    Math: the first number after the last "the answer is", else the last number in the text.
+    Math: the first number after the last "the answer is"; without that phrase, the result of the
+    final statement (the number after its last "=", else its first number), or with
+    fallback="last_number" the last number in the text (the MCC-KD evaluator's rule).
     Choice: the letter after "the answer is", else the last standalone option letter, else the
     option whose text is named last. Returns None when nothing answer-like is found.
     """
@@ -190,8 +204,7 @@ def extract_answer(text: str, task: Task, choices: list[str] | None = None) -> s
             found_after = _answer_after_trigger(after)
             if found_after is not None:
                 return found_after
-        found = _number_matches(text)
-        return found[-1] if found else None
+        return _final_statement_number(text) if fallback == "final_statement" else (_number_matches(text) or [None])[-1]
     if task != "choice":
         raise ValueError(f"unknown task {task!r}: expected 'math' or 'choice'")
     if after is not None:

@@ -142,7 +142,7 @@ def build_schedule(difficulties: list[list[float]], groups: list[int], epochs: i
 
 def format_table(schedule: Schedule) -> str:
     clusters = sorted({k for row in schedule.table for k in row["per_cluster"]}, key=int)
-    head = f"{'stage':>5} {'budget D(t)':>12} {'achieved':>10} {'moved':>6} {'full':>6}  " + " ".join(f"c{k:>4}" for k in clusters)
+    head = f"{'stage':>5} {'budget D(t)':>12} {'achieved':>10} {'moved':>6} {'full':>6}  " + " ".join(f"{'c' + k:>5}" for k in clusters)
     lines = [head]
     for row in schedule.table:
         lines.append(f"{row['stage']:>5} {row['budget']:>12.2f} {row['achieved']:>10.2f} {row['selected']:>6} "

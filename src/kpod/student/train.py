@@ -108,5 +108,5 @@ def train_student(cfg: KPODConfig, splits: DatasetSplits | None = None, model_pa
     if not math.isfinite(result.training_loss):
         raise RuntimeError(f"training ended with a non-finite loss ({result.training_loss}); lower train.learning_rate")
     write_json(paths.root / "train" / "summary.json", summary)
-    return summary
+    return {k: v for k, v in summary.items() if k != "loss_history"}  # the full history stays in the file
 

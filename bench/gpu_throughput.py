@@ -1,0 +1,76 @@
+"""GPU throughput (run when a GPU is lent): tokens/s and model FLOPs utilisation of one training
+step in bf16 for a Flan-T5-Large-shaped and a 1B LLaMA-shaped randomly initialised model, with the
+KPOD weighted loss versus the plain loss. Needs CUDA; nothing is downloaded.
+
+    KPOD_DATA_DIR=../shared/data python bench/gpu_throughput.py [--peak-tflops 989]
+"""
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+from kpod.student.trainer import shift_right, weighted_token_loss
+
+
+def models():
+    yield "flan-t5-large shape", T5ForConditionalGeneration(T5Config(
+        vocab_size=32128, d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_decoder_layers=24, num_heads=16,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0))
+    yield "llama 1B shape", LlamaForCausalLM(LlamaConfig(
+        vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+        num_key_value_heads=4, max_position_embeddings=2048))
+
+
+def step(model, batch, kpod: bool) -> torch.Tensor:
+    labels = batch["labels"]
+    if model.config.is_encoder_decoder:
+        if not kpod:
+            return model(input_ids=batch["input_ids"], labels=labels).loss
+        logits = model(input_ids=batch["input_ids"], decoder_input_ids=shift_right(labels, 0, 0)).logits
+        return weighted_token_loss(logits, labels, batch["weights"])
+    if not kpod:
+        return model(input_ids=batch["input_ids"], labels=labels).loss
+    logits = model(input_ids=batch["input_ids"]).logits[:, :-1]
+    return weighted_token_loss(logits, labels[:, 1:], batch["weights"][:, 1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100 SXM 989, H200 989)")
+    args = parser.parse_args()
+    assert torch.cuda.is_available(), "needs a GPU"
+    device = "cuda"
+    for name, model in models():
+        model = model.to(device, torch.bfloat16).train()
+        params = sum(p.numel() for p in model.parameters())
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        ids = torch.randint(5, 30000, (args.batch, args.length), device=device)
+        batch = {"input_ids": ids, "labels": ids.clone(), "weights": torch.rand(ids.shape, device=device) * 2}
+        for kpod in (False, True):
+            for i in range(args.steps + 3):
+                if i == 3:
+                    torch.cuda.synchronize()
+                    start = time.perf_counter()
+                loss = step(model, batch, kpod)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            seconds = (time.perf_counter() - start) / args.steps
+            tokens = args.batch * args.length * (2 if model.config.is_encoder_decoder else 1)
+            mfu = 6 * params * args.batch * args.length / seconds / (args.peak_tflops * 1e12)
+            print(f"{name:<20} {'kpod' if kpod else 'plain':<6} {tokens / seconds:>10.0f} tokens/s  MFU {100 * mfu:5.1f}%  "
+                  f"peak mem {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+        del model, optimizer
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Training cost, each arm in its own process on the same model and data (GSM8K worked solutions):
+
+  plain     a plain transformers Trainer fine-tune (the model's own loss), the baseline
+  std-cot   our DistillTrainer with method=std-cot
+  kpod      our DistillTrainer with token weights and the progressive schedule (a stage-0 epoch, then a full one)
+  weighting the token-weighting stage (reasoner = the student)
+
+Prints tokens/s and peak RSS per arm, and the ratios: std-cot time / plain time (goal <= 1.05),
+KPOD epoch / Std-CoT epoch, weighting per 1000 rationales / one Std-CoT epoch on 1000 rationales.
+
+    KPOD_DATA_DIR=../shared/data python bench/training_cost.py [--model smollm2] [--n 64]
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def arm(name: str, model: str, n: int, work: Path) -> dict:
+    import torch
+    from transformers import Trainer
+
+    from kpod import pipeline
+    from kpod.artifacts import RunPaths
+    from kpod.config import load_config
+    from kpod.student.data import DistillCollator, DistillDataset
+    from kpod.student.load import add_lora, load_student
+    from kpod.student.train import build_examples, training_arguments
+
+    torch.manual_seed(0)
+    run = work / "run"
+    cfg = load_config(overrides={"output_dir": str(run), "student.model": model, "teacher.kind": "reference",
+                                 "data.max_train_questions": n, "train.epochs": 2, "train.eval_every": 0,
+                                 "train.save_checkpoints": False, "student.lora_r": 16, "student.lora_alpha": 32,
+                                 "train.learning_rate": 1e-4, "train.logging_steps": 1000, "weighting.epochs": 1,
+                                 "weighting.prefixes": "sample:2", "method": "std-cot" if name in ("plain", "std-cot") else "kpod"})
+    pipeline.generate(cfg)
+    if name in ("kpod", "weighting"):
+        start = time.perf_counter()
+        pipeline.train_token_weighting(cfg)
+        weighting_seconds = time.perf_counter() - start
+        if name == "weighting":
+            return {"seconds": weighting_seconds, "rationales": n}
+        pipeline.calculate_difficulties(cfg)
+        pipeline.cluster(cfg)
+    examples = build_examples(cfg, RunPaths(run))
+    student, tokenizer = load_student(model)
+    student = add_lora(student, 16, 32, 0.05, "all-linear")
+    seq2seq = student.config.is_encoder_decoder
+    dataset = DistillDataset(examples, tokenizer, seq2seq, 512, 384)
+    tokens = sum(len([t for t in dataset[i]["labels"] if t != -100]) + len(dataset[i]["input_ids"]) for i in range(len(dataset)))
+    args = training_arguments(cfg, RunPaths(run))
+    if name == "plain":
+        items = [{k: v for k, v in dataset[i].items()} for i in range(len(dataset))]
+        collate = DistillCollator(tokenizer.pad_token_id, seq2seq)
+        trainer = Trainer(model=student, args=args, train_dataset=items,
+                          data_collator=lambda b: {k: v for k, v in collate(b).items() if k != "token_weights"})
+    else:
+        from kpod.student.trainer import DistillTrainer, StageCallback
+
+        trainer = DistillTrainer(model=student, args=args, train_dataset=dataset,
+                                 data_collator=DistillCollator(tokenizer.pad_token_id, seq2seq), callbacks=[StageCallback(dataset)])
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "epochs": 2, "tokens_epoch_full": tokens}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default=None, help="default: a tiny LLaMA built from the real tokenizer")
+    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--arm")
+    parser.add_argument("--work")
+    args = parser.parse_args()
+    if args.arm:
+        result = arm(args.arm, args.model, args.n, Path(args.work))
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print("RESULT " + json.dumps(result))
+        return
+    import os
+
+    from kpod.student.tiny import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or str(build_tiny_model("llama", Path(os.environ.get("KPOD_DATA_DIR", "../shared/data")) / "tokenizers/llama",
+                                                   Path(tmp) / "tiny", hidden=256, layers=4))
+        results = {}
+        for name in ("plain", "std-cot", "kpod", "weighting"):
+            work = Path(tmp) / name
+            work.mkdir()
+            out = subprocess.run([sys.executable, __file__, "--arm", name, "--model", model, "--n", str(args.n), "--work", str(work)],
+                                 capture_output=True, text=True)
+            line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if line is None:
+                raise SystemExit(out.stderr[-3000:])
+            results[name] = json.loads(line[7:])
+    print(f"model {args.model or 'tiny LLaMA (hidden 256, 4 layers)'}, {args.n} GSM8K rationales, LoRA r=16, 2 epochs")
+    for name, r in results.items():
+        print(f"{name:<10} {r['seconds']:7.1f} s   peak RSS {r['peak_rss_mb']:7.0f} MB")
+    plain, std, kpod, weighting = (results[k]["seconds"] for k in ("plain", "std-cot", "kpod", "weighting"))
+    print(f"std-cot / plain Trainer time: {std / plain:.3f}   "
+          f"(tokens/s {results['plain']['tokens_epoch_full'] * 2 / plain:.0f} vs {results['std-cot']['tokens_epoch_full'] * 2 / std:.0f})")
+    print(f"KPOD (stage 0 + stage 1 epochs) / Std-CoT (2 epochs) time: {kpod / std:.3f}")
+    print(f"token weighting per 1000 rationales / one Std-CoT epoch on 1000 rationales: {weighting / (std / 2):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""`kpod report <run folder>`: one self-contained HTML page and a Markdown twin.
+
+Config, data counts, rationales coloured by token weight, the budget curve D(t) with the achieved
+difficulty, per-stage cluster balance, training and dev curves, the final accuracy next to the
+paper's Table 1 figure, and the predictions with the wrong ones first.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import yaml
+
+from kpod.artifacts import RunPaths, atomic_write_text
+from kpod.weighting.view import HTML_STYLE, html_block, weight_examples
+
+# Paper Table 1 (KPOD rows), accuracy in %.
+PAPER_KPOD = {
+    "llama-7b": {"gsm8k": 46.74, "asdiv": 71.02, "svamp": 68.67, "commonsenseqa": 77.89},
+    "flan-t5-xl": {"gsm8k": 25.19, "asdiv": 33.76, "svamp": 34.67, "commonsenseqa": 88.04},
+    "flan-t5-large": {"gsm8k": 22.46, "asdiv": 27.39, "svamp": 25.33, "commonsenseqa": 81.41},
+}
+
+
+def paper_figure(student: str, dataset: str) -> tuple[str, float] | None:
+    name = student.lower()
+    for key, row in PAPER_KPOD.items():
+        if key in name or key.replace("-", "") in name.replace("-", "").replace("_", ""):
+            return key, row[dataset]
+    return None
+
+
+def _json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.is_file() else []
+
+
+def _figure(draw) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=110)
+    draw(ax)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _budget_plot(schedule: dict):
+    def draw(ax):
+        stages = [r["stage"] for r in schedule["table"]]
+        ax.plot(stages, [r["budget"] for r in schedule["table"]], "o-", label="budget D(t)")
+        ax.plot(stages, [r["achieved"] for r in schedule["table"]], "s--", label="achieved H(t)")
+        ax.set_xlabel("stage (epoch)")
+        ax.set_ylabel("output difficulty")
+        ax.legend()
+        ax.set_title("Progressive schedule")
+    return draw
+
+
+def _cluster_plot(schedule: dict):
+    def draw(ax):
+        stages = [r["stage"] for r in schedule["table"]]
+        bottom = [0] * len(stages)
+        for k in sorted(schedule["table"][0]["per_cluster"], key=int):
+            values = [r["per_cluster"][k] for r in schedule["table"]]
+            ax.bar(stages, values, bottom=bottom, label=f"cluster {k}")
+            bottom = [b + v for b, v in zip(bottom, values)]
+        ax.set_xlabel("stage (epoch)")
+        ax.set_ylabel("steps moved to the output")
+        ax.legend(fontsize=7)
+        ax.set_title("Cluster balance of each stage's selection")
+    return draw
+
+
+def _training_plot(summary: dict):
+    def draw(ax):
+        losses = summary.get("loss_history", [])
+        ax.plot([h["step"] for h in losses], [h["loss"] for h in losses], label="train loss")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        dev = summary.get("dev_history", [])
+        if dev:
+            twin = ax.twinx()
+            twin.plot([d["step"] for d in dev], [d["dev_accuracy"] for d in dev], "o-", color="tab:red", label="dev accuracy")
+            twin.set_ylabel("dev accuracy (%)")
+        ax.set_title("Training")
+    return draw
+
+
+def write_report(run_dir: str | Path) -> Path:
+    paths = RunPaths(run_dir)
+    if not paths.root.is_dir():
+        raise FileNotFoundError(f"{paths.root}: run folder not found")
+    config = next((yaml.safe_load(p.read_text()) for p in [paths.root / "configs" / f"{s}.yaml" for s in
+                   ("train", "evaluate", "generate")] if p.is_file()), {})
+    dataset = config.get("dataset", "?")
+    student = (config.get("student") or {}).get("model", "?")
+    figures: list[tuple[str, bytes]] = []
+    sections_html, sections_md = [], []
+
+    def section(title: str, body_html: str, body_md: str) -> None:
+        sections_html.append(f"<h2>{html.escape(title)}</h2>{body_html}")
+        sections_md.append(f"## {title}\n\n{body_md}\n")
+
+    def add_figure(name: str, draw) -> tuple[str, str]:
+        png = _figure(draw)
+        figures.append((name, png))
+        return (f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">',
+                f"![{name}](report_files/{name}.png)")
+
+    # accuracy
+    split = (config.get("eval") or {}).get("split", "test")
+    metrics = _json(paths.eval_dir(split) / "metrics.json")
+    paper = paper_figure(student, dataset) if dataset in ("gsm8k", "asdiv", "svamp", "commonsenseqa") else None
+    paper_text = f"{paper[1]:.2f}% (paper, KPOD, {paper[0]})" if paper else "no paper figure for this student"
+    if metrics:
+        acc = f"{metrics['accuracy']:.2f}% ({metrics['correct']}/{metrics['total']}) on {dataset}/{split}"
+        section("Accuracy", f"<p class=big>{acc}</p><p>Paper Table 1: {paper_text}</p>", f"**{acc}**; paper Table 1: {paper_text}")
+    else:
+        section("Accuracy", "<p>not evaluated yet (kpod evaluate)</p>", "not evaluated yet")
+
+    # data counts
+    teacher = _json(paths.root / "rationales" / "train.summary.json")
+    if teacher:
+        items = {k: teacher.get(k) for k in ("teacher", "questions", "rationales", "correct", "teacher_accuracy",
+                                             "kept_for_training", "requests_sent", "retries", "cost_usd") if k in teacher}
+        items["dropped_as_incorrect"] = teacher["rationales"] - teacher["kept_for_training"]
+        rows = "".join(f"<tr><td>{k}</td><td>{v if not isinstance(v, float) else f'{v:.2f}'}</td></tr>" for k, v in items.items())
+        section("Data", f"<table>{rows}</table>", "\n".join(f"- {k}: {v}" for k, v in items.items()))
+
+    # token weights
+    if paths.weights.is_file():
+        examples = weight_examples(paths.root, 4)
+        blocks = "".join(f"<h4>{html.escape(r['id'])}</h4>{html_block(r['rationale'], o, w)}" for r, o, w in examples)
+        md = "\n\n".join(f"`{r['id']}`: " + " ".join(f"{r['rationale'][a:b]}({x:.2f})" for (a, b), x in zip(o, w)) for r, o, w in examples)
+        section("Token weights (darker red = higher w)", blocks, md)
+
+    # schedule
+    schedule = _json(paths.schedule)
+    if schedule:
+        h1, m1 = add_figure("budget", _budget_plot(schedule))
+        h2, m2 = add_figure("clusters", _cluster_plot(schedule))
+        table = (paths.schedule.with_name("table.txt")).read_text() if paths.schedule.with_name("table.txt").is_file() else ""
+        section("Progressive schedule", f"{h1}{h2}<pre>{html.escape(table)}</pre>", f"{m1}\n\n{m2}\n\n```\n{table}```")
+
+    # training
+    summary = _json(paths.root / "train" / "summary.json")
+    if summary and summary.get("loss_history"):
+        h, m = add_figure("training", _training_plot(summary))
+        facts = f"{summary['method']}, {summary['examples']} examples, {summary['epochs']} epochs, {summary['seconds']:.0f} s"
+        section("Training", f"<p>{facts}</p>{h}", f"{facts}\n\n{m}")
+
+    # predictions
+    predictions = _jsonl(paths.eval_dir(split) / "predictions.jsonl")
+    if predictions:
+        ordered = sorted(predictions, key=lambda p: p["correct"])
+        rows = "".join(
+            f"<tr class={'ok' if p['correct'] else 'bad'}><td>{'✔' if p['correct'] else '✘'}</td><td>{html.escape(p['question'])}</td>"
+            f"<td>{html.escape(str(p['gold']))}</td><td>{html.escape(str(p['prediction']))}</td>"
+            f"<td class=out>{html.escape(p['output'])}</td></tr>" for p in ordered)
+        wrong = sum(not p["correct"] for p in predictions)
+        section(f"Predictions ({wrong} wrong first, then {len(predictions) - wrong} right)",
+                "<label><input type=checkbox onclick=\"document.body.classList.toggle('wrong-only')\"> wrong only</label>"
+                f"<table class=pred><tr><th></th><th>question</th><th>gold</th><th>predicted</th><th>output</th></tr>{rows}</table>",
+                "| ok | gold | predicted | question |\n|---|---|---|---|\n" + "\n".join(
+                    f"| {'yes' if p['correct'] else 'no'} | {p['gold']} | {p['prediction']} | {p['question'][:80].replace('|', '/')} |"
+                    for p in ordered[:100]))
+
+    section("Configuration", f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>",
+            f"```yaml\n{yaml.safe_dump(config, sort_keys=False)}```")
+
+    title = f"KPOD run report: {dataset}, {student}"
+    style = HTML_STYLE + (" table{border-collapse:collapse;font-size:90%} td,th{border:1px solid #ccc;padding:3px 6px;"
+                          "vertical-align:top} .bad td:first-child{color:#c00} .ok td:first-child{color:#080}"
+                          " .out{white-space:pre-wrap;max-width:30em} .big{font-size:150%} img{max-width:100%}"
+                          " body.wrong-only tr.ok{display:none}")
+    page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{style}</style>"
+            f"</head><body><h1>{html.escape(title)}</h1><p>{html.escape(str(paths.root))}</p>{''.join(sections_html)}</body></html>")
+    out = paths.root / "report.html"
+    atomic_write_text(out, page)
+    files = paths.root / "report_files"
+    files.mkdir(exist_ok=True)
+    for name, png in figures:
+        (files / f"{name}.png").write_bytes(png)
+    atomic_write_text(paths.root / "report.md", f"# {title}\n\n" + "\n".join(sections_md))
+    return out

@@ -1,0 +1,76 @@
+"""The README's commands, at the CLI level, with tiny models: the original `main.py --mode` interface
+for every stage, `kpod full_pipeline` skipping finished stages, the report, and clear errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kpod.cli import main, main_original
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--set", "data.max_train_questions=8", "--set", "data.max_eval_questions=3", "--set", "train.epochs=3",
+         "--set", "weighting.epochs=1", "--set", "eval.max_new_tokens=8", "--set", "train.eval_every=1",
+         "--set", "train.eval_questions=2", "--set", "student.lora_r=4", "--set", "teacher.kind=reference",
+         "--set", "student.max_target_tokens=256", "--quiet"]
+
+
+def test_original_interface_every_mode(tmp_path, tiny_t5, capsys):
+    run = tmp_path / "run"
+    common = ["--dataset", "gsm8k", "--model", str(tiny_t5), "--output-dir", str(run)] + SMALL
+    for mode in ("generate", "train_token_weighting", "calculate_difficulties", "cluster", "train"):
+        assert main_original(["--mode", mode] + common) == 0, mode
+    assert main_original(["--mode", "evaluate", "--model_path", str(run / "student")] + common) == 0
+    for path in ["rationales/train.jsonl", "weights/weights.jsonl", "difficulty/difficulties.jsonl", "clusters/clusters.json",
+                 "schedule/schedule.json", "student/kpod_student.json", "eval/test/metrics.json", "eval/test/predictions.jsonl"]:
+        assert (run / path).is_file(), path
+    metrics = json.loads((run / "eval/test/metrics.json").read_text())
+    assert metrics["total"] == 3 and 0 <= metrics["accuracy"] <= 100
+    schedule = json.loads((run / "schedule/schedule.json").read_text())
+    assert schedule["epochs"] == 3 and len(schedule["input_steps"]) == 8
+    summary = json.loads((run / "train/summary.json").read_text())
+    assert summary["method"] == "kpod" and len(summary["dev_history"]) == 3
+    assert (run / "logs/train.log").is_file() and (run / "configs/train.yaml").is_file()
+    # the report renders from this run
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert "Progressive schedule" in page and "data:image/png;base64" in page and "Predictions" in page
+    assert (run / "report.md").is_file() and (run / "report_files/budget.png").is_file()
+    assert main(["show_weights", str(run), "--n", "1", "--html", str(tmp_path / "w.html")]) == 0
+    assert "w = " in (tmp_path / "w.html").read_text()
+
+
+def test_full_pipeline_skips_finished_stages(tmp_path, tiny_llama, capsys):
+    args = ["full_pipeline", "--dataset", "gsm8k", "--model", str(tiny_llama), "--output-dir", str(tmp_path / "run")] + SMALL
+    assert main(args) == 0
+    manifest = json.loads((tmp_path / "run/stages.json").read_text())
+    assert {"generate", "train_token_weighting", "calculate_difficulties", "cluster", "train", "evaluate"} <= set(manifest)
+    assert all(v == "skipped" for v in _last_result(main, args, capsys).values())
+    # a changed setting reruns that stage and what depends on it
+    changed = _last_result(main, args + ["--set", "schedule.beta=0"], capsys)
+    assert changed["generate"] == "skipped" and changed["cluster"] != "skipped" and changed["train"] != "skipped"
+
+
+def _last_result(entry, args, capsys):
+    capsys.readouterr()
+    assert entry(args) == 0
+    out = "\n" + capsys.readouterr().out
+    return json.loads(out[out.rindex("\n{\n"):])  # the CLI's result, after whatever the Trainer printed
+
+
+def test_main_py_subprocess_and_errors(tmp_path, tiny_t5):
+    base = [sys.executable, str(ROOT / "main.py"), "--mode", "train", "--dataset", "gsm8k", "--model", str(tiny_t5),
+            "--output-dir", str(tmp_path / "empty")]
+    out = subprocess.run(base, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and "rationales file not found" in out.stderr
+    out = subprocess.run(base + ["--set", "train.epochz=2"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and "train.epochz" in out.stderr
+    out = subprocess.run([sys.executable, str(ROOT / "main.py"), "--mode", "evaluate", "--dataset", "mnist"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and "unknown dataset" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "kpod.cli", "generate", "--dataset", "svamp", "--set", "teacher.kind=openai",
+                          "--output-dir", str(tmp_path / "g")], capture_output=True, text=True, cwd=tmp_path,
+                         env={k: v for k, v in __import__("os").environ.items() if k != "OPENAI_API_KEY"})
+    assert out.returncode == 2 and "OPENAI_API_KEY" in out.stderr
