@@ -62,6 +62,7 @@ class WeightingConfig(_Section):
     reasoner: str | None = Field(None, description="Reasoning model (hub id or path, seq2seq or causal). None: the student model itself. Paper: google/flan-t5-large.")
     reasoner_lora: bool = Field(False, description="Train the reasoner with LoRA instead of fully.")
     alpha: float = Field(0.5, ge=0, description="Weight of the mask loss L_m in L_p + alpha * L_m.")
+    reasoner_input: Literal["contextual", "token"] = Field("contextual", description="What the reasoner sees of a kept token: P(e_j), its attention state (method doc), or P(Emb(r_j)), the token's own embedding (e_j also carries other tokens' content, so a masked keypoint can leak through kept neighbours).")
     gumbel_tau: float = Field(1.0, gt=0, description="Gumbel-softmax temperature.")
     prefixes: str = Field("steps", description="Rationale prefixes fed to the reasoner: steps (every step boundary), all (every token), sample:N.")
     mask_loss: Literal["ratio", "sum"] = Field("ratio", description="L_m as the mean of m over the rationale's tokens (ratio) or their sum.")

@@ -51,7 +51,7 @@ def compute_difficulties(cfg: KPODConfig) -> dict:
     weights = read_weights(paths.weights) if cfg.difficulty.use_weights else {}
     examples = [DistillExample(rationale_key(r), r["question"], r["gold"], r["steps"], weights.get(rationale_key(r))) for r in rows]
     model, tokenizer = load_student(cfg.student.model, cfg.student.dtype)
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # gloo across CPU processes under torchrun
     model.to(state.device)
     seq2seq = is_seq2seq(model)
     with state.split_between_processes(list(range(len(examples)))) as mine:

@@ -64,7 +64,9 @@ def evaluate_questions(model, tokenizer, questions: list[Question], max_new_toke
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # gloo across CPU processes under torchrun
+    if next(model.parameters()).device != state.device:
+        model.to(state.device)
     indices = list(range(len(questions)))
     with state.split_between_processes(indices) as mine:
         texts = generate(model, tokenizer, [format_prompt(questions[i].question) for i in mine], max_new_tokens,

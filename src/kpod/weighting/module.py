@@ -4,6 +4,7 @@
     w_j = sigmoid(f_w(e_j))                 f_w: two-layer MLP
     m_j = straight-through Gumbel sample     forward 0/1, backward the soft sample
     x_j = m_j * P(e_j) + (1 - m_j) * v_mask  into the reasoner's embedding space
+                                            (option: P(Emb(r_j)), the token's own embedding)
 
 The reasoner reads [question; masked rationale prefix] and predicts the answer. Because the mask
 acts in embedding space, the gradient of the answer loss L_p reaches f_w through m.
@@ -50,33 +51,34 @@ class TokenWeighter(nn.Module):
     def width(self) -> int:
         return self.embed.embedding_dim
 
-    def forward(self, token_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(e, w): contextual token states and keep probabilities, shape (B, L, d) and (B, L)."""
+    def forward(self, token_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x, e, w): token embeddings, contextual states and keep probabilities; (B, L, d), (B, L, d), (B, L)."""
         x = self.embed(token_ids)
         attended, _ = self.attention(x, x, x, key_padding_mask=~attention_mask.bool(), need_weights=False)
         e = self.norm(x + attended)
         w = torch.sigmoid(self.mlp(e).squeeze(-1))
-        return e, w
+        return x, e, w
 
 
 class KeypointModel(nn.Module):
     """TokenWeighter + projection + learned mask vector + reasoner, with the loss L_p + alpha L_m."""
 
     def __init__(self, weighter: TokenWeighter, reasoner: nn.Module, alpha: float = 0.5, tau: float = 1.0,
-                 mask_loss: str = "ratio"):
+                 mask_loss: str = "ratio", reasoner_input: str = "contextual"):
         super().__init__()
         self.weighter = weighter
         self.reasoner = reasoner
         self.seq2seq = is_seq2seq(reasoner)
         reasoner_width = reasoner.get_input_embeddings().embedding_dim
         scale = reasoner.get_input_embeddings().weight.detach().float().std().item()
-        # P(e) starts at the scale of the reasoner's own token embeddings: with a much larger norm the
-        # projected tokens read as noise and the reasoner first learns to prefer the mask vector
+        source_scale = 1.0 if reasoner_input == "contextual" else weighter.embed.weight.detach().float().std().item()
+        # P(.) starts at the scale of the reasoner's own token embeddings: far larger, the projected
+        # tokens read as noise; far smaller, as silence
         self.project = nn.Linear(weighter.width, reasoner_width)
-        nn.init.normal_(self.project.weight, std=scale / weighter.width**0.5)
+        nn.init.normal_(self.project.weight, std=scale / (source_scale * weighter.width**0.5))
         nn.init.zeros_(self.project.bias)
         self.mask_vector = nn.Parameter(torch.randn(reasoner_width) * scale)
-        self.alpha, self.tau, self.mask_loss = alpha, tau, mask_loss
+        self.alpha, self.tau, self.mask_loss, self.reasoner_input = alpha, tau, mask_loss, reasoner_input
 
     def forward(self, batch: dict, keep_all: bool = False) -> dict:
         """batch (see weighting.data.PrefixCollator):
@@ -86,15 +88,17 @@ class KeypointModel(nn.Module):
         cue_ids (C,)                          reasoner tokens of the answer cue (after the prefix)
         answer_ids (R, A)                     reasoner tokens of the answer (-100 padded)
         """
-        e, w = self.weighter(batch["rationale_ids"], batch["rationale_mask"])
+        x, e, w = self.weighter(batch["rationale_ids"], batch["rationale_mask"])
         valid = batch["rationale_mask"].to(w.dtype)
-        if keep_all:  # reasoner warm-up: tokens masked at random (p = 0.5), only L_p
-            m = torch.bernoulli(torch.full_like(w, 0.5)).detach() * valid
+        if keep_all:  # reasoner warm-up: 15% of tokens masked at random (so v_mask is learned), only L_p
+            m = (torch.rand_like(w) > 0.15).to(w.dtype) * valid
         elif self.training:
             m = straight_through_gumbel(w, self.tau) * valid
         else:
             m = (w > 0.5).to(w.dtype) * valid
-        projected = self.project(e)
+        # "contextual" (the method doc): the attention state e_j, which also carries other tokens'
+        # content, so a masked keypoint can leak through kept neighbours; "token": Emb(r_j) only
+        projected = self.project(x if self.reasoner_input == "token" else e)
         masked = m.unsqueeze(-1) * projected + (1 - m.unsqueeze(-1)) * self.mask_vector
         l_p = self._answer_loss(batch, masked)
         tokens = valid.sum(dim=1).clamp_min(1)
@@ -138,7 +142,7 @@ class KeypointModel(nn.Module):
     @torch.no_grad()
     def token_weights(self, rationale_ids: torch.Tensor, rationale_mask: torch.Tensor) -> torch.Tensor:
         """Deterministic w (no sampling) for export."""
-        return self.weighter(rationale_ids, rationale_mask)[1]
+        return self.weighter(rationale_ids, rationale_mask)[2]
 
 
 def _pack(inputs: torch.Tensor, mask: torch.Tensor, *extra: torch.Tensor, padding: str = "right"):
