@@ -52,8 +52,9 @@ def needed_token(token: str) -> bool | None:
     return False
 
 
-def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 600, epochs: int = 10, alpha: float = 0.5,
-                            seed: int = 0, progress: bool = True, work_dir: str | Path | None = None) -> dict:
+def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 2000, epochs: int = 3, alpha: float = 0.5,
+                            seed: int = 0, progress: bool = True, work_dir: str | Path | None = None,
+                            warmup_epochs: int = 5, reasoner_input: str = "contextual") -> dict:
     from sklearn.metrics import roc_auc_score
 
     torch.manual_seed(seed)
@@ -62,10 +63,12 @@ def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 600, epochs: int
         tokenizer = load_tokenizer(str(folder))
         reasoner = load_model(str(folder))
         embeddings = reasoner.get_input_embeddings().weight.detach().clone()
-        model = KeypointModel(TokenWeighter(embeddings, heads=4, mlp_hidden=64), reasoner, alpha=alpha)
+        model = KeypointModel(TokenWeighter(embeddings, heads=4, mlp_hidden=64), reasoner, alpha=alpha,
+                              reasoner_input=reasoner_input)
         collator = PrefixCollator(tokenizer, tokenizer, False, "steps", 64, 16, seed)
         items = synthetic_items(n, seed)
-        history = fit_keypoint_model(model, collator, items, epochs, 3e-3, 16, seed, progress)
+        # the reasoner is random, so it first learns the task on (almost) unmasked rationales
+        history = fit_keypoint_model(model, collator, items, epochs, 3e-3, 16, seed, progress, warmup_epochs=warmup_epochs)
         held_out = synthetic_items(200, seed + 1)
         rows = export_weights(model, collator, held_out)
     labels, scores = [], []
@@ -79,18 +82,23 @@ def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 600, epochs: int
     filler = [s for s, l in zip(scores, labels) if not l]
     return {"roc_auc": float(roc_auc_score(labels, scores)), "mean_w_needed": sum(needed) / len(needed),
             "mean_w_filler": sum(filler) / len(filler), "mean_w": sum(scores) / len(scores), "alpha": alpha,
-            "train_rationales": n, "epochs": epochs, "final_answer_loss": history[-1]["answer_loss"]}
+            "train_rationales": n, "epochs": epochs, "warmup_epochs": warmup_epochs, "reasoner_input": reasoner_input,
+            "answer_loss_after_warmup": history[warmup_epochs - 1]["answer_loss"] if warmup_epochs else None,
+            "final_answer_loss": history[-1]["answer_loss"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", required=True, help="folder of a LLaMA-family tokenizer")
-    parser.add_argument("--n", type=int, default=600)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--warmup-epochs", type=int, default=5)
+    parser.add_argument("--reasoner-input", default="contextual", choices=["contextual", "token"])
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    print(json.dumps(run_keypoint_diagnostic(args.tokenizer, args.n, args.epochs, args.alpha, args.seed), indent=1))
+    print(json.dumps(run_keypoint_diagnostic(args.tokenizer, args.n, args.epochs, args.alpha, args.seed,
+                                             warmup_epochs=args.warmup_epochs, reasoner_input=args.reasoner_input), indent=1))
 
 
 if __name__ == "__main__":
