@@ -125,3 +125,10 @@ def test_two_process_data_parallel_matches_one_process(tmp_path, tiny_llama):
     single, parallel = curve(out1), curve(out2)
     assert len(single) == len(parallel) == 8
     assert single == pytest.approx(parallel, rel=2e-3)
+
+
+def test_tensorboard_logging(tmp_path, tiny_t5):
+    cfg = _cfg(tmp_path / "run", tiny_t5, **{"train.epochs": 1, "report_to": "tensorboard"})
+    pipeline.generate(cfg)
+    pipeline.train(cfg)
+    assert list((tmp_path / "run" / "logs" / "tensorboard").rglob("events.out.tfevents.*"))

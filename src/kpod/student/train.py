@@ -54,7 +54,8 @@ def build_examples(cfg: KPODConfig, paths: RunPaths, splits: DatasetSplits | Non
 
 def training_arguments(cfg: KPODConfig, paths: RunPaths) -> TrainingArguments:
     t = cfg.train
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(paths.root / "logs" / "tensorboard"))
+    if cfg.report_to == "tensorboard":  # transformers 5 reads the folder from the environment
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(paths.root / "logs" / "tensorboard")
     return TrainingArguments(
         output_dir=str(paths.checkpoints), num_train_epochs=t.epochs, max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,

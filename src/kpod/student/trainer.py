@@ -63,7 +63,9 @@ class DistillTrainer(Trainer):
             logits, targets, target_weights = outputs.logits, labels, weights
         else:
             outputs = model(**inputs)
-            logits, targets, target_weights = outputs.logits[:, :-1], labels[:, 1:], weights[:, 1:]
+            # shift the labels, not the logits: slicing logits would copy a (batch x length x vocab) tensor
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+            logits, target_weights = outputs.logits, F.pad(weights[:, 1:], (0, 1), value=0.0)
         loss = weighted_token_loss(logits, targets, target_weights, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
