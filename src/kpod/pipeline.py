@@ -160,7 +160,7 @@ def _hash(*parts) -> str:
 
 
 def _stage_inputs(cfg: KPODConfig, stage: str) -> tuple[list, list[Path]]:
-    """(config sections, input files, output files) that decide whether a stage is up to date."""
+    """(what the stage reads: config sections and input files; the files it writes): its up-to-date check."""
     p = RunPaths(cfg.run_dir)
     c = cfg.snapshot()
     common = [c["dataset"], c["data"], c["seed"]]
