@@ -19,7 +19,7 @@ SECRET = "sk-test-secret-never-written-0123456789"
 def _cfg(tmp_path, url, n=12, **extra):
     overrides = {"dataset": "gsm8k", "output_dir": str(tmp_path / "run"), "data.max_train_questions": n,
                  "teacher.kind": "openai", "teacher.base_url": url, "teacher.model": "fake-teacher",
-                 "teacher.timeout": 0.5, "teacher.backoff_base": 0.01, "teacher.backoff_max": 0.05,
+                 "teacher.timeout": 1.0, "teacher.backoff_base": 0.01, "teacher.backoff_max": 0.05,
                  "teacher.max_retries": 6, "teacher.concurrency": 8}
     overrides.update(extra)
     return load_config(overrides=overrides)
@@ -34,7 +34,7 @@ def _fault_by_prompt(prompt, attempt):
 
 def test_faults_end_with_one_answer_per_sample_and_no_repeat(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    with FakeOpenAI(fault=_fault_by_prompt, slow_seconds=1.5) as server:
+    with FakeOpenAI(fault=_fault_by_prompt, slow_seconds=2.5) as server:
         cfg = _cfg(tmp_path, server.url, n=12, **{"teacher.samples_per_question": 2, "teacher.temperature": 0.7})
         summary = pipeline.generate(cfg)
         rows = [json.loads(l) for l in (tmp_path / "run/rationales/train.jsonl").read_text().splitlines()]
@@ -50,7 +50,8 @@ def test_faults_end_with_one_answer_per_sample_and_no_repeat(tmp_path, monkeypat
         assert sum(server.attempts.values()) == before
         # a new temperature is a new key
         cfg2 = _cfg(tmp_path, server.url, n=12, **{"teacher.samples_per_question": 2, "teacher.temperature": 0.9})
-        assert pipeline.generate(cfg2)["requests_sent"] == 24
+        again = pipeline.generate(cfg2)
+        assert again["answered_from_cache"] == 0 and again["requests_sent"] - again["retries"] == 24
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), f"API key written to {path}"
