@@ -11,7 +11,7 @@ import time
 import torch
 from transformers import TrainingArguments
 
-from kpod.artifacts import RunPaths, read_rationales, read_weights, write_json
+from kpod.artifacts import RunPaths, rationale_key, read_rationales, read_weights, write_json
 from kpod.config import KPODConfig
 from kpod.data.datasets import DataError, DatasetSplits
 from kpod.student.data import DistillCollator, DistillDataset, DistillExample
@@ -43,7 +43,7 @@ def build_examples(cfg: KPODConfig, paths: RunPaths, splits: DatasetSplits | Non
         schedule = data["input_steps"]
     examples = []
     for row in rows:
-        key = f"{row['id']}#{row.get('sample', 0)}"
+        key = rationale_key(row)
         if kpod and not cfg.train.uniform_weights and key not in weights:
             raise DataError(f"{paths.weights}: no weights for rationale {key}; rerun `kpod train_token_weighting`")
         if schedule and key not in schedule:
