@@ -6,9 +6,7 @@ KPOD weighted loss versus the plain loss. Needs CUDA; nothing is downloaded.
 """
 
 import argparse
-import os
 import time
-from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration

@@ -89,7 +89,7 @@ def main() -> None:
         print(f"{name}: {metrics['accuracy']:.2f}% ({metrics['correct']}/{metrics['total']}) in {took:.0f} s", flush=True)
     print(f"\nSVAMP test (150), SmolLM2-135M-Instruct + LoRA r=16, {args.questions} training questions, "
           f"{args.epochs} epochs, lr {args.lr}, seed {args.seed}")
-    print(f"| arm | accuracy | correct | answer sentence | wall time (s) |\n|---|---|---|---|---|")
+    print("| arm | accuracy | correct | answer sentence | wall time (s) |\n|---|---|---|---|---|")
     for name, m, seconds in results:
         print(f"| {name} | {m['accuracy']:.2f}% | {m['correct']}/{m['total']} | {m['answer_sentence']} | {seconds:.0f} |")
 

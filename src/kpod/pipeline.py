@@ -19,7 +19,7 @@ import yaml
 
 from kpod.artifacts import RunPaths, write_json, write_jsonl
 from kpod.config import KPODConfig
-from kpod.data.datasets import DataError, DatasetSplits, Question, load_dataset_splits
+from kpod.data.datasets import DataError, DatasetSplits, load_dataset_splits
 
 log = logging.getLogger("kpod")
 

@@ -6,7 +6,7 @@ from kpod.weighting.data import PrefixCollator, WeightingItem, prefix_lengths
 from kpod.weighting.diagnostic import synthetic_items
 from kpod.weighting.module import KeypointModel, TokenWeighter, straight_through_gumbel
 from kpod.weighting.offsets import TokenWeights, map_weights
-from kpod.weighting.train import export_weights, fit_keypoint_model
+from kpod.weighting.train import fit_keypoint_model
 
 
 def _model(reasoner_dir, student_dir=None, alpha=0.5, seed=0):

@@ -181,7 +181,7 @@ class OpenAITeacher:
                                                  f"{exc.message}. Nothing more is sent; answered requests are cached.")
                         return None
                     error, wait = f"HTTP {exc.status_code}", _retry_after(exc)
-                except (APITimeoutError, APIConnectionError, APIResponseValidationError, ValueError, json.JSONDecodeError) as exc:
+                except (APITimeoutError, APIConnectionError, APIResponseValidationError, ValueError) as exc:  # JSON errors are ValueErrors
                     error, wait = type(exc).__name__, None
             self.stats.errors[error] = self.stats.errors.get(error, 0) + 1
             attempt += 1
