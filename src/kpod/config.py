@@ -64,6 +64,7 @@ class WeightingConfig(_Section):
     alpha: float = Field(0.5, ge=0, description="Weight of the mask loss L_m in L_p + alpha * L_m.")
     reasoner_input: Literal["contextual", "token"] = Field("contextual", description="What the reasoner sees of a kept token: P(e_j), its attention state (method doc), or P(Emb(r_j)), the token's own embedding (e_j also carries other tokens' content, so a masked keypoint can leak through kept neighbours).")
     gumbel_tau: float = Field(1.0, gt=0, description="Gumbel-softmax temperature.")
+    score_function: Literal["greedy", "batch", "none"] = Field("greedy", description="Adds a score-function (REINFORCE) estimate of dL_p/dw to the straight-through gradient, with the baseline 'greedy' (the same rationale under the mask w > 0.5: one extra forward pass without gradients) or 'batch' (mean loss of the other rationales in the batch: free, noisier); 'none': straight-through only, as the method doc (it fails to find keypoints, docs/method.md).")
     prefixes: str = Field("steps", description="Rationale prefixes fed to the reasoner: steps (every step boundary), all (every token), sample:N.")
     mask_loss: Literal["ratio", "sum"] = Field("ratio", description="L_m as the mean of m over the rationale's tokens (ratio) or their sum.")
     epochs: int = Field(3, ge=1, description="Training epochs of the weighting module.")

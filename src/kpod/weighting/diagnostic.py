@@ -2,9 +2,10 @@
 
 Synthetic rationales hide a computation `a + b` or `a - b` (single digits) among filler words;
 the answer is `a` after `+` and `b` after `-`, and the question says nothing, so the answer
-depends only on the two numbers and the operator (a selection a tiny reasoner learns quickly). After
-training, the module's weights should rank those tokens above the filler: we report the ROC AUC.
-Runs with tiny randomly initialised models on a CPU in a few minutes:
+depends only on the operator and the operand it selects (a computation a tiny reasoner learns
+quickly). After training, the module's weights should rank those tokens above the filler: we report
+the ROC AUC (the unselected operand is left out of it; its mean weight is reported on its own).
+Runs with tiny randomly initialised models on a CPU in about two minutes:
 
     python -m kpod.weighting.diagnostic --tokenizer ../shared/data/tokenizers/llama
 """
@@ -42,47 +43,61 @@ def synthetic_items(n: int, seed: int = 0) -> list[WeightingItem]:
     return items
 
 
-def needed_token(token: str) -> bool | None:
-    """True for tokens of the computation, False for filler words, None for pieces of neither."""
-    text = token.replace("▁", "").replace("Ġ", "").strip()
-    if not text or text == ".":
-        return None
-    if any(c.isdigit() for c in text) or text in "+-":
-        return True
-    return False
+def token_roles(tokens: list[str], answer: str) -> list[str | None]:
+    """'needed' (the operator and the operand it selects), 'other' (the unselected operand),
+    'filler', or None (pieces of neither, such as a bare space or the full stop)."""
+    texts = [t.replace("▁", "").replace("Ġ", "").strip() for t in tokens]
+    op = next(i for i, t in enumerate(texts) if t in ("+", "-"))
+    digits = [i for i, t in enumerate(texts) if t.isdigit()]
+    before, after = max(i for i in digits if i < op), min(i for i in digits if i > op)
+    selected = before if texts[op] == "+" else after
+    assert texts[selected] == answer, (tokens, answer)
+    roles = []
+    for i, text in enumerate(texts):
+        if i in (op, selected):
+            roles.append("needed")
+        elif i in (before, after):
+            roles.append("other")
+        else:
+            roles.append("filler" if text and text != "." else None)
+    return roles
 
 
-def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 2000, epochs: int = 3, alpha: float = 0.5,
+def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 1000, epochs: int = 4, alpha: float = 0.5,
                             seed: int = 0, progress: bool = True, work_dir: str | Path | None = None,
-                            warmup_epochs: int = 5, reasoner_input: str = "contextual") -> dict:
+                            warmup_epochs: int = 8, reasoner_input: str = "contextual",
+                            score_function: str | None = "greedy", learning_rate: float = 1e-3) -> dict:
     from sklearn.metrics import roc_auc_score
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = build_tiny_model("llama", tokenizer_dir, Path(work_dir or tmp) / "tiny-reasoner", hidden=64, layers=2, seed=seed)
+        folder = build_tiny_model("llama", tokenizer_dir, Path(work_dir or tmp) / f"tiny-reasoner-{seed}", hidden=128, layers=2,
+                                  seed=seed)
         tokenizer = load_tokenizer(str(folder))
         reasoner = load_model(str(folder))
         embeddings = reasoner.get_input_embeddings().weight.detach().clone()
         model = KeypointModel(TokenWeighter(embeddings, heads=4, mlp_hidden=64), reasoner, alpha=alpha,
-                              reasoner_input=reasoner_input)
+                              reasoner_input=reasoner_input, score_function=score_function)
         collator = PrefixCollator(tokenizer, tokenizer, False, "steps", 64, 16, seed)
         items = synthetic_items(n, seed)
         # the reasoner is random, so it first learns the task on (almost) unmasked rationales
-        history = fit_keypoint_model(model, collator, items, epochs, 3e-3, 16, seed, progress, warmup_epochs=warmup_epochs)
+        history = fit_keypoint_model(model, collator, items, epochs, learning_rate, 16, seed, progress,
+                                     warmup_epochs=warmup_epochs)
         held_out = synthetic_items(200, seed + 1)
         rows = export_weights(model, collator, held_out)
-    labels, scores = [], []
-    for row in rows:
-        for token, w in zip(row["tokens"], row["weights"]):
-            need = needed_token(token)
-            if need is not None:
-                labels.append(int(need))
-                scores.append(w)
-    needed = [s for s, l in zip(scores, labels) if l]
-    filler = [s for s, l in zip(scores, labels) if not l]
-    return {"roc_auc": float(roc_auc_score(labels, scores)), "mean_w_needed": sum(needed) / len(needed),
-            "mean_w_filler": sum(filler) / len(filler), "mean_w": sum(scores) / len(scores), "alpha": alpha,
-            "train_rationales": n, "epochs": epochs, "warmup_epochs": warmup_epochs, "reasoner_input": reasoner_input,
+    by_role = {"needed": [], "other": [], "filler": []}
+    for row, item in zip(rows, held_out):
+        for role, w in zip(token_roles(row["tokens"], item.answer), row["weights"]):
+            if role:
+                by_role[role].append(w)
+    labels = [1] * len(by_role["needed"]) + [0] * len(by_role["filler"])
+    mean = lambda xs: sum(xs) / len(xs)
+    every = [w for ws in by_role.values() for w in ws]
+    return {"roc_auc": float(roc_auc_score(labels, by_role["needed"] + by_role["filler"])),
+            "mean_w_needed": mean(by_role["needed"]), "mean_w_unselected_operand": mean(by_role["other"]),
+            "mean_w_filler": mean(by_role["filler"]), "mean_w": mean(every), "alpha": alpha, "train_rationales": n,
+            "epochs": epochs, "warmup_epochs": warmup_epochs, "reasoner_input": reasoner_input,
+            "score_function": score_function,
             "answer_loss_after_warmup": history[warmup_epochs - 1]["answer_loss"] if warmup_epochs else None,
             "final_answer_loss": history[-1]["answer_loss"]}
 
@@ -90,15 +105,21 @@ def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 2000, epochs: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", required=True, help="folder of a LLaMA-family tokenizer")
-    parser.add_argument("--n", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--warmup-epochs", type=int, default=5)
+    parser.add_argument("--n", type=int, default=1000, help="synthetic training rationales")
+    parser.add_argument("--epochs", type=int, default=4, help="masked epochs (after the warm-up)")
+    parser.add_argument("--warmup-epochs", type=int, default=8, help="epochs teaching the random reasoner the task")
     parser.add_argument("--reasoner-input", default="contextual", choices=["contextual", "token"])
+    parser.add_argument("--score-function", default="greedy", choices=["greedy", "batch", "none"],
+                        help="baseline of the score-function term, or none (straight-through gradient only)")
     parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    print(json.dumps(run_keypoint_diagnostic(args.tokenizer, args.n, args.epochs, args.alpha, args.seed,
-                                             warmup_epochs=args.warmup_epochs, reasoner_input=args.reasoner_input), indent=1))
+    result = run_keypoint_diagnostic(args.tokenizer, args.n, args.epochs, args.alpha, args.seed,
+                                     warmup_epochs=args.warmup_epochs, reasoner_input=args.reasoner_input,
+                                     score_function=None if args.score_function == "none" else args.score_function,
+                                     learning_rate=args.lr)
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ class KeypointModel(nn.Module):
     """TokenWeighter + projection + learned mask vector + reasoner, with the loss L_p + alpha L_m."""
 
     def __init__(self, weighter: TokenWeighter, reasoner: nn.Module, alpha: float = 0.5, tau: float = 1.0,
-                 mask_loss: str = "ratio", reasoner_input: str = "contextual"):
+                 mask_loss: str = "ratio", reasoner_input: str = "contextual", score_function: str | None = "greedy"):
         super().__init__()
         self.weighter = weighter
         self.reasoner = reasoner
@@ -79,6 +79,7 @@ class KeypointModel(nn.Module):
         nn.init.zeros_(self.project.bias)
         self.mask_vector = nn.Parameter(torch.randn(reasoner_width) * scale)
         self.alpha, self.tau, self.mask_loss, self.reasoner_input = alpha, tau, mask_loss, reasoner_input
+        self.score_function = score_function
 
     def forward(self, batch: dict, keep_all: bool = False) -> dict:
         """batch (see weighting.data.PrefixCollator):
@@ -100,11 +101,24 @@ class KeypointModel(nn.Module):
         # content, so a masked keypoint can leak through kept neighbours; "token": Emb(r_j) only
         projected = self.project(x if self.reasoner_input == "token" else e)
         masked = m.unsqueeze(-1) * projected + (1 - m.unsqueeze(-1)) * self.mask_vector
-        l_p = self._answer_loss(batch, masked)
+        per_rationale = self._answer_loss(batch, masked)
+        l_p = per_rationale.mean()
         tokens = valid.sum(dim=1).clamp_min(1)
         kept = (m * valid).sum(dim=1)
         l_m = (kept / tokens).mean() if self.mask_loss == "ratio" else kept.mean()
-        return {"loss": l_p if keep_all else l_p + self.alpha * l_m, "answer_loss": l_p, "mask_loss": l_m, "w": w, "m": m}
+        objective = l_p if keep_all else l_p + self.alpha * l_m
+        loss = objective
+        if self.training and self.score_function and not keep_all:
+            if self.score_function == "greedy":  # self-critical baseline: the same rationale under the mask w > 0.5
+                with torch.no_grad():
+                    greedy = (w > 0.5).to(w.dtype).unsqueeze(-1) * valid.unsqueeze(-1)
+                    baseline = self._answer_loss(batch, greedy * projected + (1 - greedy) * self.mask_vector)
+            else:  # leave-one-out: the mean loss of the other rationales in the batch
+                n = per_rationale.shape[0]
+                baseline = (per_rationale.sum() - per_rationale) / (n - 1) if n > 1 else per_rationale
+            loss = loss + _score_function_term(per_rationale.detach() - baseline.detach(), w, m.detach(), valid)
+        # loss: what to backpropagate (objective + the surrogate); objective: L_p + alpha L_m, to report
+        return {"loss": loss, "objective": objective, "answer_loss": l_p, "mask_loss": l_m, "w": w, "m": m}
 
     def _answer_loss(self, batch: dict, masked: torch.Tensor) -> torch.Tensor:
         embed = self.reasoner.get_input_embeddings()
@@ -136,13 +150,28 @@ class KeypointModel(nn.Module):
             keep = answers.shape[1] + 1
             logits = self.reasoner(inputs_embeds=inputs, attention_mask=mask, logits_to_keep=keep).logits[:, :-1]
             targets = labels[:, -(keep - 1):]
-        nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
-        return nll.sum(dim=1).mean()  # summed over answer tokens, averaged over prefixes
+        nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none").sum(dim=1)
+        # summed over answer tokens, averaged over each rationale's prefixes: (R,)
+        rationales = batch["rationale_ids"].shape[0]
+        total = torch.zeros(rationales, dtype=nll.dtype, device=nll.device).index_add_(0, owner, nll)
+        count = torch.zeros(rationales, dtype=nll.dtype, device=nll.device).index_add_(0, owner, torch.ones_like(nll))
+        return total / count.clamp_min(1)
 
     @torch.no_grad()
     def token_weights(self, rationale_ids: torch.Tensor, rationale_mask: torch.Tensor) -> torch.Tensor:
         """Deterministic w (no sampling) for export."""
         return self.weighter(rationale_ids, rationale_mask)[2]
+
+
+def _score_function_term(advantage: torch.Tensor, w: torch.Tensor, m: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Surrogate whose gradient is the score-function (REINFORCE) estimate of dE[L_p]/dw:
+    (L_i - b_i) * d log p(m_i | w_i) with a baseline b_i that does not depend on the sample m_i.
+    It complements the straight-through gradient, which is ~0 where the reasoner's attention
+    ignores a masked position: the derivative along v_mask -> P(e_j) then says nothing of what
+    revealing token j is worth (measured; docs/method.md)."""
+    eps = torch.finfo(w.dtype).eps
+    log_prob = (m * torch.log(w.clamp_min(eps)) + (1 - m) * torch.log((1 - w).clamp_min(eps))) * valid
+    return (advantage.unsqueeze(1) * log_prob).sum(dim=1).mean()
 
 
 def _pack(inputs: torch.Tensor, mask: torch.Tensor, *extra: torch.Tensor, padding: str = "right"):

@@ -32,7 +32,8 @@ def build_keypoint_model(cfg: KPODConfig, student_name: str | None = None):
     if w.gradient_checkpointing:
         reasoner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     weighter = TokenWeighter(embeddings, w.attention_heads, w.mlp_hidden)
-    model = KeypointModel(weighter, reasoner, w.alpha, w.gumbel_tau, w.mask_loss, w.reasoner_input)
+    score = None if w.score_function == "none" else w.score_function
+    model = KeypointModel(weighter, reasoner, w.alpha, w.gumbel_tau, w.mask_loss, w.reasoner_input, score)
     return model, load_tokenizer(student_name), load_tokenizer(reasoner_name)
 
 
@@ -49,7 +50,7 @@ def fit_keypoint_model(model: KeypointModel, collator: PrefixCollator, items: li
     for epoch in range(warmup_epochs + epochs):
         warming = epoch < warmup_epochs
         order = torch.randperm(len(items), generator=generator).tolist()
-        totals = {"loss": 0.0, "answer_loss": 0.0, "mask_loss": 0.0, "mean_w": 0.0}
+        totals = {"objective": 0.0, "answer_loss": 0.0, "mask_loss": 0.0, "mean_w": 0.0}
         batches = range(0, len(order), batch_size)
         label = f"reasoner warm-up {epoch + 1}/{warmup_epochs}" if warming else f"token weighting epoch {epoch + 1 - warmup_epochs}/{epochs}"
         bar = tqdm(batches, desc=label, disable=not progress, leave=False)
@@ -61,10 +62,10 @@ def fit_keypoint_model(model: KeypointModel, collator: PrefixCollator, items: li
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             valid = batch["rationale_mask"].bool()
-            for key in ("loss", "answer_loss", "mask_loss"):
+            for key in ("objective", "answer_loss", "mask_loss"):
                 totals[key] += out[key].item()
             totals["mean_w"] += out["w"][valid].mean().item()
-            bar.set_postfix(loss=f"{out['loss'].item():.3f}", kept=f"{out['mask_loss'].item():.2f}")
+            bar.set_postfix(objective=f"{out['objective'].item():.3f}", kept=f"{out['mask_loss'].item():.2f}")
         n = max(1, len(batches))
         history.append({"epoch": epoch + 1, "warmup": warming, **{k: v / n for k, v in totals.items()}})
         log.info("token weighting epoch %d: %s", epoch + 1, history[-1])
