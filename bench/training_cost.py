@@ -3,10 +3,12 @@
   plain     a plain transformers Trainer fine-tune (the model's own loss), the baseline
   std-cot   our DistillTrainer with method=std-cot
   kpod      our DistillTrainer with token weights and the progressive schedule (a stage-0 epoch, then a full one)
-  weighting the token-weighting stage (reasoner = the student)
+  weighting the token-weighting stage (reasoner = the student; score-function term, greedy baseline)
+  weighting-st  the same with weighting.score_function=none (straight-through only), to price the term
 
 Prints tokens/s and peak RSS per arm, and the ratios: std-cot time / plain time (goal <= 1.05),
-KPOD epoch / Std-CoT epoch, weighting per 1000 rationales / one Std-CoT epoch on 1000 rationales.
+KPOD epoch / Std-CoT epoch, weighting per 1000 rationales / one Std-CoT epoch on 1000 rationales,
+and weighting / weighting-st.
 
     KPOD_DATA_DIR=../shared/data python bench/training_cost.py [--model smollm2] [--n 64]
 """
@@ -38,13 +40,14 @@ def arm(name: str, model: str, n: int, work: Path) -> dict:
                                  "data.max_train_questions": n, "train.epochs": 2, "train.eval_every": 0,
                                  "train.save_checkpoints": False, "student.lora_r": 16, "student.lora_alpha": 32,
                                  "train.learning_rate": 1e-4, "train.logging_steps": 1000, "weighting.epochs": 1,
-                                 "weighting.prefixes": "sample:2", "method": "std-cot" if name in ("plain", "std-cot") else "kpod"})
+                                 "weighting.prefixes": "sample:2", "method": "std-cot" if name in ("plain", "std-cot") else "kpod",
+                                 "weighting.score_function": "none" if name == "weighting-st" else "greedy"})
     pipeline.generate(cfg)
-    if name in ("kpod", "weighting"):
+    if name in ("kpod", "weighting", "weighting-st"):
         start = time.perf_counter()
         pipeline.train_token_weighting(cfg)
         weighting_seconds = time.perf_counter() - start
-        if name == "weighting":
+        if name.startswith("weighting"):
             return {"seconds": weighting_seconds, "rationales": n}
         pipeline.calculate_difficulties(cfg)
         pipeline.cluster(cfg)
@@ -91,7 +94,7 @@ def main() -> None:
         model = args.model or str(build_tiny_model("llama", Path(os.environ.get("KPOD_DATA_DIR", "../shared/data")) / "tokenizers/llama",
                                                    Path(tmp) / "tiny", hidden=256, layers=4))
         results = {}
-        for name in ("plain", "std-cot", "kpod", "weighting"):
+        for name in ("plain", "std-cot", "kpod", "weighting", "weighting-st"):
             work = Path(tmp) / name
             work.mkdir()
             out = subprocess.run([sys.executable, __file__, "--arm", name, "--model", model, "--n", str(args.n), "--work", str(work)],
@@ -108,6 +111,7 @@ def main() -> None:
           f"(tokens/s {results['plain']['tokens_epoch_full'] * 2 / plain:.0f} vs {results['std-cot']['tokens_epoch_full'] * 2 / std:.0f})")
     print(f"KPOD (stage 0 + stage 1 epochs) / Std-CoT (2 epochs) time: {kpod / std:.3f}")
     print(f"token weighting per 1000 rationales / one Std-CoT epoch on 1000 rationales: {weighting / (std / 2):.2f}")
+    print(f"token weighting with / without the score-function term: {weighting / results['weighting-st']['seconds']:.2f}")
 
 
 if __name__ == "__main__":
