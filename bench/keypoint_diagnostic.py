@@ -23,7 +23,7 @@ def main() -> None:
     args = parser.parse_args()
     tokenizer = Path(os.environ.get("KPOD_DATA_DIR", "../shared/data")) / "tokenizers" / "llama"
     settings = [("greedy", "contextual", seed) for seed in args.seeds]
-    settings += [("batch", "contextual", args.seeds[0]), (None, "contextual", args.seeds[0]), ("greedy", "token", args.seeds[0])]
+    settings += [("batch", "contextual", args.seeds[0]), ("none", "contextual", args.seeds[0]), ("greedy", "token", args.seeds[0])]
     print("| score_function | reasoner_input | seed | answer loss after warm-up | mean w needed | unselected operand | filler | ROC AUC | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")
     aucs = []
@@ -34,7 +34,7 @@ def main() -> None:
         seconds = time.perf_counter() - start
         if score == "greedy" and reasoner_input == "contextual":
             aucs.append(r["roc_auc"])
-        print(f"| {score or 'none'} | {reasoner_input} | {seed} | {r['answer_loss_after_warmup']:.2f} | {r['mean_w_needed']:.3f} | "
+        print(f"| {score} | {reasoner_input} | {seed} | {r['answer_loss_after_warmup']:.2f} | {r['mean_w_needed']:.3f} | "
               f"{r['mean_w_unselected_operand']:.3f} | {r['mean_w_filler']:.3f} | {r['roc_auc']:.3f} | {seconds:.0f} |", flush=True)
     print(f"default setting, ROC AUC over {len(aucs)} seeds: min {min(aucs):.3f}, mean {sum(aucs) / len(aucs):.3f}")
 

@@ -35,7 +35,7 @@ def test_straight_through_gumbel_is_hard_forward_soft_backward():
     assert w.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("score_function", [None, "greedy"])
+@pytest.mark.parametrize("score_function", ["none", "greedy"])
 @pytest.mark.parametrize("pair", [("tiny_t5", "tiny_t5"), ("tiny_llama", "tiny_llama"), ("tiny_llama", "tiny_t5")])
 def test_answer_loss_gradient_reaches_the_mlp_through_the_mask(request, pair, score_function):
     """alpha = 0: the only gradient the MLP f_w can get is from L_p through m (straight-through

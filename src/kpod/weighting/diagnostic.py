@@ -66,7 +66,7 @@ def token_roles(tokens: list[str], answer: str) -> list[str | None]:
 def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 1000, epochs: int = 4, alpha: float = 0.5,
                             seed: int = 0, progress: bool = True, work_dir: str | Path | None = None,
                             warmup_epochs: int = 8, reasoner_input: str = "contextual",
-                            score_function: str | None = "greedy", learning_rate: float = 1e-3) -> dict:
+                            score_function: str = "greedy", learning_rate: float = 1e-3) -> dict:
     from sklearn.metrics import roc_auc_score
 
     torch.manual_seed(seed)
@@ -117,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     result = run_keypoint_diagnostic(args.tokenizer, args.n, args.epochs, args.alpha, args.seed,
                                      warmup_epochs=args.warmup_epochs, reasoner_input=args.reasoner_input,
-                                     score_function=None if args.score_function == "none" else args.score_function,
+                                     score_function=args.score_function,
                                      learning_rate=args.lr)
     print(json.dumps(result, indent=1))
 

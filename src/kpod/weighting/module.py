@@ -64,7 +64,7 @@ class KeypointModel(nn.Module):
     """TokenWeighter + projection + learned mask vector + reasoner, with the loss L_p + alpha L_m."""
 
     def __init__(self, weighter: TokenWeighter, reasoner: nn.Module, alpha: float = 0.5, tau: float = 1.0,
-                 mask_loss: str = "ratio", reasoner_input: str = "contextual", score_function: str | None = "greedy"):
+                 mask_loss: str = "ratio", reasoner_input: str = "contextual", score_function: str = "greedy"):
         super().__init__()
         self.weighter = weighter
         self.reasoner = reasoner
@@ -79,6 +79,8 @@ class KeypointModel(nn.Module):
         nn.init.zeros_(self.project.bias)
         self.mask_vector = nn.Parameter(torch.randn(reasoner_width) * scale)
         self.alpha, self.tau, self.mask_loss, self.reasoner_input = alpha, tau, mask_loss, reasoner_input
+        if score_function not in ("greedy", "batch", "none"):
+            raise ValueError(f"score_function must be 'greedy', 'batch' or 'none', not {score_function!r}")
         self.score_function = score_function
 
     def forward(self, batch: dict, keep_all: bool = False) -> dict:
@@ -108,12 +110,12 @@ class KeypointModel(nn.Module):
         l_m = (kept / tokens).mean() if self.mask_loss == "ratio" else kept.mean()
         objective = l_p if keep_all else l_p + self.alpha * l_m
         loss = objective
-        if self.training and self.score_function and not keep_all:
+        if self.training and self.score_function != "none" and not keep_all:
             if self.score_function == "greedy":  # self-critical baseline: the same rationale under the mask w > 0.5
                 with torch.no_grad():
                     greedy = (w > 0.5).to(w.dtype).unsqueeze(-1) * valid.unsqueeze(-1)
                     baseline = self._answer_loss(batch, greedy * projected + (1 - greedy) * self.mask_vector)
-            else:  # leave-one-out: the mean loss of the other rationales in the batch
+            else:  # leave-one-out: the mean loss of the other rationales in the batch (no term for a batch of one)
                 n = per_rationale.shape[0]
                 baseline = (per_rationale.sum() - per_rationale) / (n - 1) if n > 1 else per_rationale
             loss = loss + _score_function_term(per_rationale.detach() - baseline.detach(), w, m.detach(), valid)

@@ -32,8 +32,7 @@ def build_keypoint_model(cfg: KPODConfig, student_name: str | None = None):
     if w.gradient_checkpointing:
         reasoner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     weighter = TokenWeighter(embeddings, w.attention_heads, w.mlp_hidden)
-    score = None if w.score_function == "none" else w.score_function
-    model = KeypointModel(weighter, reasoner, w.alpha, w.gumbel_tau, w.mask_loss, w.reasoner_input, score)
+    model = KeypointModel(weighter, reasoner, w.alpha, w.gumbel_tau, w.mask_loss, w.reasoner_input, w.score_function)
     return model, load_tokenizer(student_name), load_tokenizer(reasoner_name)
 
 
