@@ -50,6 +50,7 @@ def test_full_pipeline_skips_finished_stages(tmp_path, tiny_llama, capsys):
     # a changed setting reruns that stage and what depends on it
     changed = _last_result(main, args + ["--set", "schedule.beta=0"], capsys)
     assert changed["generate"] == "skipped" and changed["cluster"] != "skipped" and changed["train"] != "skipped"
+    assert changed["evaluate"] != "skipped", "a retrained student must be evaluated again"
 
 
 def _last_result(entry, args, capsys):
