@@ -177,14 +177,12 @@ def _stage_inputs(cfg: KPODConfig, stage: str) -> tuple[list, list[Path]]:
                          p.schedule], [p.student / "kpod_student.json"]
     # the student's files by name, size and modification time: a retrained student is re-evaluated
     # even when its settings (kpod_student.json) are unchanged, without reading gigabytes to hash them
-    return common + [c["eval"], p.student / "kpod_student.json", _folder_state(p.student)], \
-        [p.eval_dir(cfg.eval.split) / "metrics.json"]
+    return common + [c["eval"], _folder_state(p.student)], [p.eval_dir(cfg.eval.split) / "metrics.json"]
 
 
 def _folder_state(folder: Path) -> list:
-    if not folder.is_dir():
-        return []
-    return sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns) for f in folder.rglob("*") if f.is_file())
+    files = sorted(f for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else []
+    return [(str(f.relative_to(folder)), (stat := f.stat()).st_size, stat.st_mtime_ns) for f in files]
 
 
 def full_pipeline(cfg: KPODConfig, model_path: str | None = None, force: bool = False) -> dict:

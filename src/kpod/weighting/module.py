@@ -98,12 +98,11 @@ class KeypointModel(nn.Module):
         elif self.training:
             m = straight_through_gumbel(w, self.tau) * valid
         else:
-            m = (w > 0.5).to(w.dtype) * valid
+            m = _greedy_mask(w, valid)
         # "contextual" (the method doc): the attention state e_j, which also carries other tokens'
         # content, so a masked keypoint can leak through kept neighbours; "token": Emb(r_j) only
         projected = self.project(x if self.reasoner_input == "token" else e)
-        masked = m.unsqueeze(-1) * projected + (1 - m.unsqueeze(-1)) * self.mask_vector
-        per_rationale = self._answer_loss(batch, masked)
+        per_rationale = self._answer_loss(batch, self._masked(m, projected))
         l_p = per_rationale.mean()
         tokens = valid.sum(dim=1).clamp_min(1)
         kept = (m * valid).sum(dim=1)
@@ -113,14 +112,18 @@ class KeypointModel(nn.Module):
         if self.training and self.score_function != "none" and not keep_all:
             if self.score_function == "greedy":  # self-critical baseline: the same rationale under the mask w > 0.5
                 with torch.no_grad():
-                    greedy = (w > 0.5).to(w.dtype).unsqueeze(-1) * valid.unsqueeze(-1)
-                    baseline = self._answer_loss(batch, greedy * projected + (1 - greedy) * self.mask_vector)
+                    baseline = self._answer_loss(batch, self._masked(_greedy_mask(w, valid), projected))
             else:  # leave-one-out: the mean loss of the other rationales in the batch (no term for a batch of one)
                 n = per_rationale.shape[0]
                 baseline = (per_rationale.sum() - per_rationale) / (n - 1) if n > 1 else per_rationale
             loss = loss + _score_function_term(per_rationale.detach() - baseline.detach(), w, m.detach(), valid)
         # loss: what to backpropagate (objective + the surrogate); objective: L_p + alpha L_m, to report
         return {"loss": loss, "objective": objective, "answer_loss": l_p, "mask_loss": l_m, "w": w, "m": m}
+
+    def _masked(self, m: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+        """The reasoner's rationale inputs: m_j * P(.)_j + (1 - m_j) * v_mask."""
+        m = m.unsqueeze(-1)
+        return m * projected + (1 - m) * self.mask_vector
 
     def _answer_loss(self, batch: dict, masked: torch.Tensor) -> torch.Tensor:
         embed = self.reasoner.get_input_embeddings()
@@ -156,13 +159,17 @@ class KeypointModel(nn.Module):
         # summed over answer tokens, averaged over each rationale's prefixes: (R,)
         rationales = batch["rationale_ids"].shape[0]
         total = torch.zeros(rationales, dtype=nll.dtype, device=nll.device).index_add_(0, owner, nll)
-        count = torch.zeros(rationales, dtype=nll.dtype, device=nll.device).index_add_(0, owner, torch.ones_like(nll))
-        return total / count.clamp_min(1)
+        return total / torch.bincount(owner, minlength=rationales).clamp_min(1)
 
     @torch.no_grad()
     def token_weights(self, rationale_ids: torch.Tensor, rationale_mask: torch.Tensor) -> torch.Tensor:
         """Deterministic w (no sampling) for export."""
         return self.weighter(rationale_ids, rationale_mask)[2]
+
+
+def _greedy_mask(w: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The deterministic mask: keep the tokens with w > 0.5."""
+    return (w > 0.5).to(w.dtype) * valid
 
 
 def _score_function_term(advantage: torch.Tensor, w: torch.Tensor, m: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
