@@ -28,6 +28,14 @@ class RunPaths:
         return self.root / "weights" / "weights.jsonl"
 
     @property
+    def weights_heldout(self) -> Path:
+        return self.root / "weights" / "heldout.json"
+
+    @property
+    def faithfulness(self) -> Path:
+        return self.root / "weights" / "faithfulness.json"
+
+    @property
     def weighting_module(self) -> Path:
         return self.root / "weights" / "module.pt"
 

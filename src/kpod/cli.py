@@ -35,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
         _common(sub.add_parser(name, help=f"run the {name} stage"))
     report = sub.add_parser("report", help="write report.html and report.md for a run folder")
     report.add_argument("run_dir")
+    faith = sub.add_parser("faithfulness", help="deletion test of a run's token weights on held-out rationales")
+    faith.add_argument("run_dir")
+    faith.add_argument("--fraction", type=float, default=0.2, help="share of each rationale's tokens deleted (default 0.2)")
+    faith.add_argument("--draws", type=int, default=3, help="random deletions per rationale (default 3)")
+    faith.add_argument("--judge", help="frozen model scoring the gold answer (default: the run's pretrained student)")
+    faith.add_argument("--limit", type=int, help="at most this many held-out rationales")
+    faith.add_argument("--seed", type=int, default=0)
     view = sub.add_parser("show_weights", help="print rationales with tokens marked by weight")
     view.add_argument("run_dir")
     view.add_argument("--n", type=int, default=3)
@@ -104,6 +111,18 @@ def main(argv: list[str] | None = None) -> int:
         from kpod.report import write_report
 
         return _run(lambda: {"report": str(write_report(args.run_dir))})
+    if args.stage == "faithfulness":
+        from kpod.weighting.faithfulness import format_faithfulness, measure_faithfulness
+
+        _setup_logging(quiet=True)
+        result = {}
+
+        def run() -> None:
+            result.update(measure_faithfulness(args.run_dir, fraction=args.fraction, draws=args.draws, judge=args.judge,
+                                               limit=args.limit, seed=args.seed))
+            print(format_faithfulness(result))
+
+        return _run(run)
     if args.stage == "show_weights":
         from kpod.weighting.view import show_weights
 

@@ -62,15 +62,20 @@ class WeightingConfig(_Section):
     reasoner: str | None = Field(None, description="Reasoning model (hub id or path, seq2seq or causal). None: the student model itself. Paper: google/flan-t5-large.")
     reasoner_lora: bool = Field(False, description="Train the reasoner with LoRA instead of fully.")
     alpha: float = Field(0.5, ge=0, description="Weight of the mask loss L_m in L_p + alpha * L_m.")
-    reasoner_input: Literal["contextual", "token"] = Field("contextual", description="What the reasoner sees of a kept token: P(e_j), its attention state (method doc), or P(Emb(r_j)), the token's own embedding (e_j also carries other tokens' content, so a masked keypoint can leak through kept neighbours).")
-    gumbel_tau: float = Field(1.0, gt=0, description="Gumbel-softmax temperature.")
-    score_function: Literal["greedy", "batch", "none"] = Field("greedy", description="Adds a score-function (REINFORCE) estimate of dL_p/dw to the straight-through gradient, with the baseline 'greedy' (the same rationale under the mask w > 0.5: one extra forward pass without gradients) or 'batch' (mean loss of the other rationales in the batch: free, noisier, needs batch_size >= 2); 'none': straight-through only, as the method doc (it fails to find keypoints, docs/method.md).")
+    reasoner_input: Literal["reasoner_tokens", "contextual", "token"] = Field("reasoner_tokens", description="What the reasoner sees of a kept token: reasoner_tokens (the reasoner's own embedding of the token; needs the student's tokenizer), contextual (P(e_j), the attention state, as the method doc: it also carries other tokens' content, so a masked keypoint can leak through kept neighbours) or token (P(Emb(r_j))). P is learned, so contextual/token need a reasoner warm-up or a trained reasoner.")
+    masking: Literal["delete", "embedding"] = Field("delete", description="A masked token is removed from the reasoner's input (delete; needs estimator=score_function) or replaced by a learned vector v_mask (embedding, the method doc).")
+    estimator: Literal["score_function", "straight_through"] = Field("score_function", description="Gradient estimator of dE[L_p + alpha L_m]/dw: score_function (unbiased: `samples` Bernoulli masks per rationale with leave-one-out baselines, per-prefix credit, exact dE[L_m]) or straight_through (the paper's Gumbel straight-through; biased, and ~0 where the reasoner ignores a masked position). docs/method.md.")
+    samples: int = Field(2, ge=1, description="estimator=score_function: mask samples per rationale and step (>= 2).")
+    freeze_reasoner: bool = Field(True, description="Keep the reasoner (and P, v_mask) fixed once its warm-up is over (from the start without warm-up): the weighting stage then needs only forward passes through it. False: trained jointly, as the paper.")
+    holdout: float = Field(0.1, ge=0, description="Rationales held out from the module's training for `kpod faithfulness` (their weights are still exported): a fraction below 1, or a count. Held out by question.")
+    gumbel_tau: float = Field(1.0, gt=0, description="Gumbel-softmax temperature (estimator=straight_through).")
     prefixes: str = Field("steps", description="Rationale prefixes fed to the reasoner: steps (every step boundary), all (every token), sample:N.")
     mask_loss: Literal["ratio", "sum"] = Field("ratio", description="L_m as the mean of m over the rationale's tokens (ratio) or their sum.")
     epochs: int = Field(3, ge=1, description="Training epochs of the weighting module.")
     reasoner_warmup_epochs: int = Field(0, ge=0, description="Epochs training the reasoner on unmasked rationales before masking starts (use with a reasoner that cannot yet answer, e.g. one not pretrained).")
     learning_rate: float = Field(1e-4, gt=0, description="Learning rate of the module and reasoner.")
     batch_size: int = Field(4, ge=1, description="Rationales per step (all their prefixes go through the reasoner as one batch).")
+    positions: Literal["from_end", "none"] = Field("from_end", description="Position code added before the module's attention layer: the distance of each token to the rationale's end (ours), or none (the paper states none).")
     attention_heads: int = Field(4, ge=1, description="Heads of the single self-attention layer.")
     mlp_hidden: int = Field(256, ge=1, description="Hidden width of the two-layer MLP f_w.")
     gradient_checkpointing: bool = Field(False, description="Recompute the reasoner's activations in the backward pass (all prefixes of a batch go through it at once, so memory grows with batch_size x prefixes).")
@@ -84,6 +89,17 @@ class WeightingConfig(_Section):
         if value in ("steps", "all") or (value.startswith("sample:") and value[7:].isdigit() and int(value[7:]) > 0):
             return value
         raise ValueError("expected 'steps', 'all' or 'sample:N' with N > 0")
+
+    @model_validator(mode="after")
+    def _estimator_fits(self) -> "WeightingConfig":
+        if self.estimator == "score_function" and self.samples < 2:
+            raise ValueError("estimator=score_function needs samples >= 2 (each sample's baseline is the mean of the others)")
+        if self.masking == "delete" and self.estimator == "straight_through":
+            raise ValueError("masking=delete leaves no gradient path through the mask for estimator=straight_through: "
+                             "use masking=embedding or estimator=score_function")
+        if self.holdout >= 1 and self.holdout != int(self.holdout):
+            raise ValueError("holdout: a fraction below 1 or a whole count")
+        return self
 
 
 class DifficultyConfig(_Section):

@@ -145,7 +145,13 @@ def write_report(run_dir: str | Path) -> Path:
         examples = weight_examples(paths.root, 4)
         blocks = "".join(f"<h4>{html.escape(r['id'])}</h4>{html_block(r['rationale'], o, w)}" for r, o, w in examples)
         md = "\n\n".join(f"`{r['id']}`: " + " ".join(f"{r['rationale'][a:b]}({x:.2f})" for (a, b), x in zip(o, w)) for r, o, w in examples)
-        section("Token weights (darker red = higher w)", blocks, md)
+        section("Token weights (darker red = higher w inside the rationale; hover for w)", blocks, md)
+    faithfulness = _json(paths.faithfulness)
+    if faithfulness:
+        from kpod.weighting.faithfulness import format_faithfulness
+
+        text = format_faithfulness(faithfulness)
+        section("Faithfulness of the token weights (kpod faithfulness)", f"<pre>{html.escape(text)}</pre>", text)
 
     # schedule
     schedule = _json(paths.schedule)

@@ -10,6 +10,7 @@ import torch
 from kpod.rationale import step_char_spans
 
 ANSWER_CUE = " Therefore, the answer is"
+QUESTION_SEPARATOR = "\n"  # between the question and the rationale, for the reasoner and the judge
 
 
 @dataclass
@@ -67,7 +68,7 @@ class PrefixCollator:
             for k in prefix_lengths([b for _, b in offs], item.steps, self.prefixes, self.rng):
                 owners.append(r)
                 lengths.append(k)
-        questions = [self.reasoner_tokenizer(i.question, add_special_tokens=False, truncation=True,
+        questions = [self.reasoner_tokenizer(i.question + QUESTION_SEPARATOR, add_special_tokens=False, truncation=True,
                                              max_length=self.max_question_tokens)["input_ids"] for i in items]
         answers = [self._answer_ids(i.answer) for i in items]
         pad = self.student_tokenizer.pad_token_id

@@ -65,8 +65,11 @@ def token_roles(tokens: list[str], answer: str) -> list[str | None]:
 
 def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 1000, epochs: int = 4, alpha: float = 0.5,
                             seed: int = 0, progress: bool = True, work_dir: str | Path | None = None,
-                            warmup_epochs: int = 8, reasoner_input: str = "contextual",
-                            score_function: str = "greedy", learning_rate: float = 1e-3) -> dict:
+                            warmup_epochs: int = 8, learning_rate: float = 1e-3, freeze_reasoner: bool = True,
+                            **module_options) -> dict:
+    """Train the module on n synthetic rationales, return the ROC AUC of its weights on 200 new ones.
+    module_options: KeypointModel keywords (estimator, masking, reasoner_input, samples); defaults
+    as the weighting config's."""
     from sklearn.metrics import roc_auc_score
 
     torch.manual_seed(seed)
@@ -76,13 +79,12 @@ def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 1000, epochs: in
         tokenizer = load_tokenizer(str(folder))
         reasoner = load_model(str(folder))
         embeddings = reasoner.get_input_embeddings().weight.detach().clone()
-        model = KeypointModel(TokenWeighter(embeddings, heads=4, mlp_hidden=64), reasoner, alpha=alpha,
-                              reasoner_input=reasoner_input, score_function=score_function)
+        model = KeypointModel(TokenWeighter(embeddings, heads=4, mlp_hidden=64), reasoner, alpha=alpha, **module_options)
         collator = PrefixCollator(tokenizer, tokenizer, False, "steps", 64, 16, seed)
         items = synthetic_items(n, seed)
         # the reasoner is random, so it first learns the task on (almost) unmasked rationales
-        history = fit_keypoint_model(model, collator, items, epochs, learning_rate, 16, seed, progress,
-                                     warmup_epochs=warmup_epochs)
+        history = fit_keypoint_model(model, collator, items, epochs=epochs, lr=learning_rate, batch_size=16, seed=seed,
+                                     progress=progress, warmup_epochs=warmup_epochs, freeze_reasoner=freeze_reasoner)
         held_out = synthetic_items(200, seed + 1)
         rows = export_weights(model, collator, held_out)
     by_role = {"needed": [], "other": [], "filler": []}
@@ -96,8 +98,8 @@ def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 1000, epochs: in
     return {"roc_auc": float(roc_auc_score(labels, by_role["needed"] + by_role["filler"])),
             "mean_w_needed": mean(by_role["needed"]), "mean_w_unselected_operand": mean(by_role["other"]),
             "mean_w_filler": mean(by_role["filler"]), "mean_w": mean(every), "alpha": alpha, "train_rationales": n,
-            "epochs": epochs, "warmup_epochs": warmup_epochs, "reasoner_input": reasoner_input,
-            "score_function": score_function,
+            "epochs": epochs, "warmup_epochs": warmup_epochs, "freeze_reasoner": freeze_reasoner,
+            "estimator": model.estimator, "masking": model.masking, "reasoner_input": model.reasoner_input,
             "answer_loss_after_warmup": history[warmup_epochs - 1]["answer_loss"] if warmup_epochs else None,
             "final_answer_loss": history[-1]["answer_loss"]}
 
@@ -108,17 +110,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000, help="synthetic training rationales")
     parser.add_argument("--epochs", type=int, default=4, help="masked epochs (after the warm-up)")
     parser.add_argument("--warmup-epochs", type=int, default=8, help="epochs teaching the random reasoner the task")
-    parser.add_argument("--reasoner-input", default="contextual", choices=["contextual", "token"])
-    parser.add_argument("--score-function", default="greedy", choices=["greedy", "batch", "none"],
-                        help="baseline of the score-function term, or none (straight-through gradient only)")
+    parser.add_argument("--estimator", default="score_function", choices=["score_function", "straight_through"])
+    parser.add_argument("--masking", default="delete", choices=["delete", "embedding"])
+    parser.add_argument("--reasoner-input", default="reasoner_tokens", choices=["reasoner_tokens", "contextual", "token"])
+    parser.add_argument("--joint", action="store_true", help="keep training the reasoner after its warm-up")
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     result = run_keypoint_diagnostic(args.tokenizer, args.n, args.epochs, args.alpha, args.seed,
-                                     warmup_epochs=args.warmup_epochs, reasoner_input=args.reasoner_input,
-                                     score_function=args.score_function,
-                                     learning_rate=args.lr)
+                                     warmup_epochs=args.warmup_epochs, learning_rate=args.lr, freeze_reasoner=not args.joint,
+                                     estimator=args.estimator, masking=args.masking, reasoner_input=args.reasoner_input)
     print(json.dumps(result, indent=1))
 
 

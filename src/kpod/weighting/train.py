@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
 import torch
 from tqdm.auto import tqdm
 
-from kpod.artifacts import RunPaths, read_rationales, rationale_key, write_json, write_jsonl
+from kpod.artifacts import RunPaths, rationale_key, read_rationales, write_json, write_jsonl
 from kpod.config import KPODConfig
 from kpod.student.load import add_lora, is_seq2seq, load_model, load_tokenizer
 from kpod.weighting.data import PrefixCollator, WeightingItem
@@ -21,33 +22,46 @@ def build_keypoint_model(cfg: KPODConfig, student_name: str | None = None):
     """(KeypointModel, student tokenizer, reasoner tokenizer) as configured."""
     w = cfg.weighting
     student_name = student_name or cfg.student.model
+    reasoner_name = w.reasoner or student_name
+    student_tokenizer, reasoner_tokenizer = load_tokenizer(student_name), load_tokenizer(reasoner_name)
+    if w.reasoner_input == "reasoner_tokens" and student_tokenizer.get_vocab() != reasoner_tokenizer.get_vocab():
+        raise ValueError(f"weighting.reasoner_input=reasoner_tokens needs the student's tokenizer, but the reasoner "
+                         f"{reasoner_name} has another: set weighting.reasoner_input=token and weighting.reasoner_warmup_epochs>0")
     student = load_model(student_name)
     embeddings = student.get_input_embeddings().weight.detach().float().clone()
     del student
-    reasoner_name = w.reasoner or student_name
     reasoner = load_model(reasoner_name)
     if w.reasoner_lora:
         reasoner = add_lora(reasoner, cfg.student.lora_r, cfg.student.lora_alpha, cfg.student.lora_dropout,
                             cfg.student.target_modules)
-    if w.gradient_checkpointing:
+    if w.gradient_checkpointing and not (w.freeze_reasoner and w.reasoner_warmup_epochs == 0):
         reasoner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    weighter = TokenWeighter(embeddings, w.attention_heads, w.mlp_hidden)
-    model = KeypointModel(weighter, reasoner, w.alpha, w.gumbel_tau, w.mask_loss, w.reasoner_input, w.score_function)
-    return model, load_tokenizer(student_name), load_tokenizer(reasoner_name)
+    weighter = TokenWeighter(embeddings, w.attention_heads, w.mlp_hidden, w.positions)
+    model = KeypointModel(weighter, reasoner, alpha=w.alpha, tau=w.gumbel_tau, mask_loss=w.mask_loss,
+                          reasoner_input=w.reasoner_input, estimator=w.estimator, samples=w.samples, masking=w.masking)
+    return model, student_tokenizer, reasoner_tokenizer
 
 
-def fit_keypoint_model(model: KeypointModel, collator: PrefixCollator, items: list[WeightingItem], epochs: int,
-                       lr: float, batch_size: int, seed: int = 0, progress: bool = True, warmup_epochs: int = 0) -> list[dict]:
-    """Train jointly; the first `warmup_epochs` train the reasoner (and projection) on unmasked
-    rationales, so that L_p can tell needed tokens from filler once masking starts."""
+def fit_keypoint_model(model: KeypointModel, collator: PrefixCollator, items: list[WeightingItem], *, epochs: int,
+                       lr: float, batch_size: int, seed: int = 0, progress: bool = True, warmup_epochs: int = 0,
+                       freeze_reasoner: bool = True) -> list[dict]:
+    """Train the module. The first `warmup_epochs` train only the reasoner side (reasoner, P, v_mask)
+    on randomly masked rationales, so that L_p can tell needed tokens from filler once the learned
+    masks start; with `freeze_reasoner` the reasoner side is fixed from then on.
+
+    The weighter and the reasoner side are clipped separately (max norm 1 each), so neither's
+    gradient can shrink the other's update."""
     torch.manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr)
+    weighter_params = [p for p in model.weighter.parameters() if p.requires_grad]
+    reasoner_params = model.reasoner_side_parameters()
+    optimizer = torch.optim.AdamW([{"params": weighter_params}, {"params": reasoner_params}], lr=lr)
     generator = torch.Generator().manual_seed(seed)
     history = []
     model.train()
     for epoch in range(warmup_epochs + epochs):
         warming = epoch < warmup_epochs
+        if not warming and freeze_reasoner:
+            model.freeze_reasoner_side()
         order = torch.randperm(len(items), generator=generator).tolist()
         totals = {"objective": 0.0, "answer_loss": 0.0, "mask_loss": 0.0, "mean_w": 0.0}
         batches = range(0, len(order), batch_size)
@@ -55,10 +69,13 @@ def fit_keypoint_model(model: KeypointModel, collator: PrefixCollator, items: li
         bar = tqdm(batches, desc=label, disable=not progress, leave=False)
         for start in bar:
             batch = collator([items[i] for i in order[start : start + batch_size]])
-            out = model(batch, keep_all=warming)
-            optimizer.zero_grad()
+            out = model(batch, warmup=warming)
+            optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            for group in (weighter_params, reasoner_params):
+                trainable = [p for p in group if p.grad is not None]
+                if trainable:
+                    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             valid = batch["rationale_mask"].bool()
             for key in ("objective", "answer_loss", "mask_loss"):
@@ -90,25 +107,40 @@ def export_weights(model: KeypointModel, collator: PrefixCollator, items: list[W
     return rows
 
 
+def held_out_questions(question_ids: list[str], holdout: float) -> set[str]:
+    """Questions whose rationales the module does not train on (a fraction below 1, else a count).
+    Chosen by a hash of the id, not by the seed, so runs with different seeds hold out the same ones."""
+    unique = sorted(set(question_ids), key=lambda q: hashlib.sha256(q.encode()).hexdigest())
+    count = int(round(holdout * len(unique))) if holdout < 1 else int(holdout)
+    count = min(count, max(0, len(unique) - 1))  # always leave something to train on
+    return set(unique[:count])
+
+
 def train_weighting(cfg: KPODConfig) -> dict:
     paths = RunPaths(cfg.run_dir)
     all_rows = read_rationales(paths.rationales("train"), include_incorrect=True)
-    train_rows = [r for r in all_rows if cfg.train.include_incorrect or r.get("correct", True)]
-    to_items = lambda rows: [WeightingItem(rationale_key(r), r["rationale"], r["steps"], r["question"], r["gold"]) for r in rows]
-    model, student_tok, reasoner_tok = build_keypoint_model(cfg)
+    usable = [r for r in all_rows if cfg.train.include_incorrect or r.get("correct", True)]
     w = cfg.weighting
+    held_out = held_out_questions([str(r["id"]) for r in usable], w.holdout)
+    train_rows = [r for r in usable if str(r["id"]) not in held_out]
+    to_items = lambda rows: [WeightingItem(rationale_key(r), r["rationale"], r["steps"], r["question"], r["gold"]) for r in rows]
+    torch.manual_seed(cfg.seed)
+    model, student_tok, reasoner_tok = build_keypoint_model(cfg)
     collator = PrefixCollator(student_tok, reasoner_tok, is_seq2seq(model.reasoner), w.prefixes, w.max_rationale_tokens,
                               w.max_question_tokens, cfg.seed)
     start = time.time()
-    history = fit_keypoint_model(model, collator, to_items(train_rows), w.epochs, w.learning_rate, w.batch_size, cfg.seed,
-                                 warmup_epochs=w.reasoner_warmup_epochs)
+    history = fit_keypoint_model(model, collator, to_items(train_rows), epochs=w.epochs, lr=w.learning_rate,
+                                 batch_size=w.batch_size, seed=cfg.seed, warmup_epochs=w.reasoner_warmup_epochs,
+                                 freeze_reasoner=w.freeze_reasoner)
     seconds = time.time() - start
     rows = export_weights(model, collator, to_items(all_rows))
     write_jsonl(paths.weights, rows)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(("reasoner.", "weighter.embed."))}
     torch.save({"state_dict": state, "config": w.model_dump(mode="json"), "student": cfg.student.model}, paths.weighting_module)
+    held_out_keys = [rationale_key(r) for r in usable if str(r["id"]) in held_out]
+    write_json(paths.weights_heldout, {"questions": sorted(held_out), "keys": held_out_keys})
     mean_w = sum(sum(r["weights"]) for r in rows) / max(1, sum(len(r["weights"]) for r in rows))
-    summary = {"rationales": len(rows), "trained_on": len(train_rows), "epochs": w.epochs, "seconds": seconds,
-               "mean_weight": mean_w, "history": history}
+    summary = {"rationales": len(rows), "trained_on": len(train_rows), "held_out": len(held_out_keys), "epochs": w.epochs,
+               "seconds": seconds, "mean_weight": mean_w, "history": history}
     write_json(paths.root / "weights" / "summary.json", summary)
     return summary

@@ -24,29 +24,48 @@ def _segments(rationale: str, offsets: list[tuple[int, int]], weights: list[floa
     return pieces
 
 
+def within_rationale_ranks(weights: list[float]) -> list[float]:
+    """Each weight's rank inside its rationale, from 0 (lowest) to 1 (highest); ties share a rank.
+    The views colour by rank, so the contrast inside a rationale shows even when every w is near 0.5."""
+    ordered = sorted(set(weights))
+    if len(ordered) < 2:
+        return [0.5] * len(weights)
+    rank = {w: i / (len(ordered) - 1) for i, w in enumerate(ordered)}
+    return [rank[w] for w in weights]
+
+
 def terminal_line(rationale: str, offsets, weights, color: bool = True) -> str:
-    """Bold-red for w >= 0.66, yellow for >= 0.33, dim below; without color: [token|0.87]."""
+    """By rank inside the rationale: bold red for the top 20 % of tokens, yellow for the next 30 %,
+    dim for the rest; without color: [token|0.87] (the weight itself)."""
     out = []
-    for text, w in _segments(rationale, offsets, weights):
+    for (text, w), r in _ranked_segments(rationale, offsets, weights):
         if w is None:
             out.append(text)
         elif not color:
             out.append(f"[{text}|{w:.2f}]")
         else:
-            code = "1;31" if w >= 0.66 else "33" if w >= 0.33 else "2"
+            code = "1;31" if r >= 0.8 else "33" if r >= 0.5 else "2"
             out.append(f"\033[{code}m{text}\033[0m")
     return "".join(out)
 
 
 def html_block(rationale: str, offsets, weights) -> str:
+    """Background opacity = the token's rank inside the rationale (0.05 lowest to 0.9 highest)."""
     spans = []
-    for text, w in _segments(rationale, offsets, weights):
+    for (text, w), r in _ranked_segments(rationale, offsets, weights):
         safe = html.escape(text).replace("\n", "<br>")
         if w is None:
             spans.append(safe)
         else:
-            spans.append(f'<span class="w" style="background: rgba(220, 40, 40, {w:.2f})" title="w = {w:.3f}">{safe}</span>')
+            spans.append(f'<span class="w" style="background: rgba(220, 40, 40, {0.05 + 0.85 * r:.2f})" '
+                         f'title="w = {w:.3f}, rank {r:.2f} in this rationale">{safe}</span>')
     return '<p class="rationale">' + "".join(spans) + "</p>"
+
+
+def _ranked_segments(rationale: str, offsets, weights):
+    segments = _segments(rationale, offsets, weights)
+    ranks = iter(within_rationale_ranks([w for _, w in segments if w is not None]))
+    return [((text, w), None if w is None else next(ranks)) for text, w in segments]
 
 
 def weight_examples(run_dir: str | Path, n: int = 3) -> list[tuple[dict, list, list]]:

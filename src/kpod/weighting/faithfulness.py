@@ -1,0 +1,217 @@
+"""Are the token weights faithful? A deletion test on rationales the module never trained on.
+
+For each held-out rationale, delete (remove the characters of) the top `fraction` of its tokens by
+w, the bottom `fraction`, a random `fraction` (several draws), and the top `fraction` of a one-line
+heuristic (tokens with a digit or one of + - * / = first, ties at random), and measure how much a
+frozen judge's negative log-likelihood of the gold answer rises ("damage") over the intact rationale.
+Faithful weights: top-q damage far above random and above the heuristic, bottom-q damage far below.
+
+    kpod faithfulness RUN [--fraction 0.2] [--draws 3] [--judge MODEL]
+
+The judge (default: the pretrained student) reads `question \\n rationale Therefore, the answer is`
+and scores the gold answer, the layout the weighting module's reasoner reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import statistics
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from kpod.artifacts import RunPaths, rationale_key, read_rationales, write_json
+from kpod.data.datasets import DataError, read_jsonl
+from kpod.student.load import is_seq2seq, load_model, load_tokenizer
+from kpod.weighting.data import ANSWER_CUE, QUESTION_SEPARATOR
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("top", "bottom", "heuristic", "random")
+
+
+def is_digit_or_operator(token: str) -> bool:
+    return any(c.isdigit() or c in "+-*/=" for c in token)
+
+
+def ranked(scores: list[float], rng: random.Random) -> list[int]:
+    """Token indices from the highest score to the lowest; ties in random order."""
+    jitter = [rng.random() for _ in scores]
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], jitter[i]))
+
+
+def delete_tokens(text: str, offsets: list[list[int]], indices) -> str:
+    """The text without the characters of the chosen tokens."""
+    drop = [False] * len(text)
+    for i in indices:
+        start, end = offsets[i]
+        drop[start:end] = [True] * (end - start)
+    return "".join(c for c, gone in zip(text, drop) if not gone)
+
+
+class Judge:
+    """A frozen model that scores the gold answer after [question; rationale; answer cue]."""
+
+    def __init__(self, name: str, batch_size: int = 8):
+        self.tokenizer = load_tokenizer(name)
+        self.model = load_model(name).eval()
+        self.seq2seq = is_seq2seq(self.model)
+        self.batch_size = batch_size
+
+    def _encode(self, question: str, rationale: str, answer: str) -> tuple[list[int], list[int]]:
+        tok = self.tokenizer
+        source = tok(question + QUESTION_SEPARATOR + rationale + ANSWER_CUE, add_special_tokens=self.seq2seq)["input_ids"]
+        if self.seq2seq:
+            return source, tok(answer)["input_ids"]
+        return source, tok(" " + answer, add_special_tokens=False)["input_ids"]
+
+    @torch.no_grad()
+    def answer_nll(self, rows: list[tuple[str, str, str]]) -> list[float]:
+        """Summed NLL of each row's answer tokens; rows: (question, rationale, answer)."""
+        out = []
+        for start in range(0, len(rows), self.batch_size):
+            encoded = [self._encode(*row) for row in rows[start : start + self.batch_size]]
+            out.extend(self._seq2seq_nll(encoded) if self.seq2seq else self._causal_nll(encoded))
+        return out
+
+    def _causal_nll(self, encoded) -> list[float]:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        longest = max(len(s) + len(a) for s, a in encoded)
+        ids = torch.full((len(encoded), longest), pad)
+        mask = torch.zeros_like(ids)
+        labels = torch.full_like(ids, -100)
+        for row, (source, answer) in enumerate(encoded):
+            seq = source + answer
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+            labels[row, len(source) : len(seq)] = torch.tensor(answer)
+        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        nll = F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none")
+        return nll.sum(1).tolist()
+
+    def _seq2seq_nll(self, encoded) -> list[float]:
+        pad = self.tokenizer.pad_token_id
+        src_len, tgt_len = max(len(s) for s, _ in encoded), max(len(a) for _, a in encoded)
+        ids = torch.tensor([s + [pad] * (src_len - len(s)) for s, _ in encoded])
+        labels = torch.tensor([a + [-100] * (tgt_len - len(a)) for _, a in encoded])
+        logits = self.model(input_ids=ids, attention_mask=(ids != pad).long(), labels=labels).logits.float()
+        nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        return nll.sum(1).tolist()
+
+
+def deletion_texts(rationale: str, tokens: list[str], offsets: list[list[int]], weights: list[float], fraction: float,
+                   draws: int, rng: random.Random) -> dict[str, list[str]]:
+    """The rationale with each variant's tokens deleted (a list per variant: several random draws)."""
+    n = len(tokens)
+    k = max(1, round(fraction * n))
+    by_weight = ranked(weights, rng)
+    heuristic = ranked([1.0 if is_digit_or_operator(t) else 0.0 for t in tokens], rng)
+    return {
+        "top": [delete_tokens(rationale, offsets, by_weight[:k])],
+        "bottom": [delete_tokens(rationale, offsets, by_weight[-k:])],
+        "heuristic": [delete_tokens(rationale, offsets, heuristic[:k])],
+        "random": [delete_tokens(rationale, offsets, rng.sample(range(n), k)) for _ in range(draws)],
+    }
+
+
+def weight_auc(rows: list[dict]) -> float | None:
+    """ROC AUC of w for tokens with a digit or operator against the rest (secondary figure)."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = [is_digit_or_operator(t) for r in rows for t in r["tokens"]]
+    scores = [w for r in rows for w in r["weights"]]
+    return float(roc_auc_score(labels, scores)) if 0 < sum(labels) < len(labels) else None
+
+
+def measure_faithfulness(run_dir: str | Path, *, fraction: float = 0.2, draws: int = 3, judge: str | None = None,
+                         limit: int | None = None, seed: int = 0, batch_size: int = 8, progress: bool = True,
+                         judge_cache: dict | None = None) -> dict:
+    """Deletion test of a run's token weights on its held-out rationales; writes weights/faithfulness.json.
+    judge_cache: (question, rationale, answer) -> NLL, shared between runs with the same judge (the
+    intact, random and heuristic texts do not depend on the weights, so several seeds score them once)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be between 0 and 1, not {fraction}")
+    paths = RunPaths(run_dir)
+    if not paths.weights_heldout.is_file():
+        raise DataError(f"{paths.weights_heldout}: no held-out rationales recorded; re-run `kpod train_token_weighting` "
+                        "with weighting.holdout > 0")
+    import json
+
+    heldout = set(json.loads(paths.weights_heldout.read_text())["keys"])
+    if not heldout:
+        raise DataError(f"{paths.weights_heldout}: no rationale was held out (weighting.holdout is 0); re-run "
+                        "`kpod train_token_weighting` with weighting.holdout > 0")
+    rationales = {rationale_key(r): r for r in read_rationales(paths.rationales("train"), include_incorrect=True)}
+    weights = [row for row in read_jsonl(paths.weights) if row["key"] in heldout and row["tokens"]]
+    weights = weights[:limit] if limit else weights
+    judge_name = judge or _student_of(paths)
+    scorer = Judge(judge_name, batch_size)
+    rng = random.Random(seed)
+    damages = {v: [] for v in VARIANTS}
+    per_rationale = []
+    for row in tqdm(weights, desc="faithfulness", disable=not progress):
+        r = rationales[row["key"]]
+        # the stored tokens may stop short of the text (truncated): only those are candidates
+        text = r["rationale"]
+        texts = deletion_texts(text, row["tokens"], row["offsets"], row["weights"], fraction, draws, rng)
+        flat = [text] + [t for v in VARIANTS for t in texts[v]]
+        nll = _cached_nll(scorer, [(r["question"], t, r["gold"]) for t in flat], judge_cache)
+        base, rest = nll[0], nll[1:]
+        record = {"key": row["key"], "nll_intact": base}
+        for v in VARIANTS:
+            values, rest = rest[: len(texts[v])], rest[len(texts[v]) :]
+            damage = statistics.mean(values) - base
+            damages[v].append(damage)
+            record[f"damage_{v}"] = damage
+        per_rationale.append(record)
+    mean = {v: statistics.mean(d) for v, d in damages.items()}
+    ratio = lambda a, b: a / b if b > 0 else None
+    result = {
+        "judge": judge_name, "fraction": fraction, "random_draws": draws, "rationales": len(per_rationale),
+        "mean_damage": mean,
+        "sem_damage": {v: statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else None for v, d in damages.items()},
+        "top_vs_random": ratio(mean["top"], mean["random"]),
+        "top_vs_heuristic": ratio(mean["top"], mean["heuristic"]),
+        "heuristic_vs_random": ratio(mean["heuristic"], mean["random"]),
+        "bottom_vs_random": ratio(mean["bottom"], mean["random"]),
+        "auc_digits_operators": weight_auc(weights),
+        "per_rationale": per_rationale,
+    }
+    write_json(paths.faithfulness, result)
+    return result
+
+
+def _cached_nll(judge: Judge, rows: list[tuple[str, str, str]], cache: dict | None) -> list[float]:
+    if cache is None:
+        return judge.answer_nll(rows)
+    missing = list(dict.fromkeys(row for row in rows if row not in cache))
+    cache.update(zip(missing, judge.answer_nll(missing)) if missing else ())
+    return [cache[row] for row in rows]
+
+
+def format_faithfulness(result: dict) -> str:
+    f = lambda x: "n/a" if x is None else f"{x:.2f}"
+    lines = [f"deletion test: {result['rationales']} held-out rationales, {100 * result['fraction']:.0f}% of tokens deleted, "
+             f"judge {result['judge']}",
+             "| deleted tokens | damage (nats) | sem | vs random |", "|---|---|---|---|"]
+    random_damage = result["mean_damage"]["random"]
+    names = {"top": "top by w", "bottom": "bottom by w", "heuristic": "digits/operators first", "random": "random"}
+    for v in VARIANTS:
+        d = result["mean_damage"][v]
+        lines.append(f"| {names[v]} | {d:.3f} | {f(result['sem_damage'][v])} | "
+                     f"{f(d / random_damage) if random_damage > 0 else 'n/a'} |")
+    lines.append(f"top/heuristic {f(result['top_vs_heuristic'])}; ROC AUC of w, digits/operators vs rest "
+                 f"{f(result['auc_digits_operators'])}")
+    return "\n".join(lines)
+
+
+def _student_of(paths: RunPaths) -> str:
+    import yaml
+
+    snapshot = paths.root / "configs" / "train_token_weighting.yaml"
+    if not snapshot.is_file():
+        raise DataError(f"{snapshot}: not found; pass --judge MODEL")
+    return yaml.safe_load(snapshot.read_text())["student"]["model"]

@@ -1,0 +1,82 @@
+import json
+import random
+
+import pytest
+
+from kpod.artifacts import write_json, write_jsonl
+from kpod.cli import main
+from kpod.data.datasets import DataError
+from kpod.rationale import split_steps
+from kpod.student.load import load_tokenizer
+from kpod.weighting.faithfulness import (Judge, delete_tokens, deletion_texts, is_digit_or_operator, measure_faithfulness,
+                                         ranked)
+from kpod.weighting.view import html_block, within_rationale_ranks
+
+RATIONALE = "She sold 48/2 = 24 clips in May. So she sold 48+24 = 72 clips."
+
+
+def test_delete_tokens_removes_exactly_their_characters():
+    offsets = [[0, 3], [3, 8], [8, 11]]
+    assert delete_tokens("She sold 48", offsets, [1]) == "She 48"
+    assert delete_tokens("She sold 48", offsets, []) == "She sold 48"
+
+
+def test_ranking_puts_ties_in_random_order_but_scores_first():
+    order = ranked([0.1, 0.9, 0.5, 0.9], random.Random(0))
+    assert set(order[:2]) == {1, 3} and order[2:] == [2, 0]
+
+
+def test_deletion_variants(tiny_llama):
+    tok = load_tokenizer(str(tiny_llama))
+    enc = tok(RATIONALE, add_special_tokens=False, return_offsets_mapping=True)
+    tokens, offsets = tok.convert_ids_to_tokens(enc["input_ids"]), [list(o) for o in enc["offset_mapping"]]
+    weights = [1.0 if "7" in t or "2" in t else 0.1 * i / len(tokens) for i, t in enumerate(tokens)]
+    texts = deletion_texts(RATIONALE, tokens, offsets, weights, 0.2, 3, random.Random(0))
+    k = max(1, round(0.2 * len(tokens)))
+    assert "72" not in texts["top"][0] and "72" in texts["bottom"][0]
+    assert len(texts["random"]) == 3
+    # the heuristic deletes tokens with digits or operators first
+    assert not any(c.isdigit() for c in texts["heuristic"][0]) or sum(map(is_digit_or_operator, tokens)) > k
+
+
+def _tiny_run(tmp_path, tiny_llama, holdout_keys):
+    run = tmp_path / "run"
+    tok = load_tokenizer(str(tiny_llama))
+    rows, weight_rows = [], []
+    for i, (question, rationale, gold) in enumerate([("How many?", RATIONALE, "72"), ("And now?", "Add 3 and 4 to get 7.", "7")]):
+        rows.append({"id": f"q{i}", "question": question, "gold": gold, "rationale": rationale,
+                     "steps": split_steps(rationale), "correct": True})
+        enc = tok(rationale, add_special_tokens=False, return_offsets_mapping=True)
+        tokens = tok.convert_ids_to_tokens(enc["input_ids"])
+        weight_rows.append({"key": f"q{i}#0", "tokens": tokens, "offsets": [list(o) for o in enc["offset_mapping"]],
+                            "weights": [0.9 if is_digit_or_operator(t) else 0.2 for t in tokens]})
+    write_jsonl(run / "rationales/train.jsonl", rows)
+    write_jsonl(run / "weights/weights.jsonl", weight_rows)
+    write_json(run / "weights/heldout.json", {"questions": [], "keys": holdout_keys})
+    return run, rows
+
+
+def test_faithfulness_on_a_run_folder(tmp_path, tiny_llama, capsys):
+    run, rows = _tiny_run(tmp_path, tiny_llama, ["q0#0", "q1#0"])
+    result = measure_faithfulness(run, judge=str(tiny_llama), draws=2, progress=False)
+    assert result["rationales"] == 2 and set(result["mean_damage"]) == {"top", "bottom", "heuristic", "random"}
+    saved = json.loads((run / "weights/faithfulness.json").read_text())
+    assert saved["per_rationale"][0]["key"] == "q0#0"
+    # the intact NLL is the judge's own score of the untouched rationale
+    intact = Judge(str(tiny_llama)).answer_nll([(rows[0]["question"], rows[0]["rationale"], "72")])[0]
+    assert saved["per_rationale"][0]["nll_intact"] == pytest.approx(intact, rel=1e-5)
+    assert saved["auc_digits_operators"] == pytest.approx(1.0)
+    assert main(["faithfulness", str(run), "--judge", str(tiny_llama), "--draws", "1"]) == 0
+    assert "top by w" in capsys.readouterr().out
+
+
+def test_faithfulness_needs_held_out_rationales(tmp_path, tiny_llama):
+    run, _ = _tiny_run(tmp_path, tiny_llama, [])
+    with pytest.raises(DataError, match="holdout"):
+        measure_faithfulness(run, judge=str(tiny_llama), progress=False)
+
+
+def test_views_colour_by_rank_inside_the_rationale():
+    assert within_rationale_ranks([0.50, 0.52, 0.51]) == [0.0, 1.0, 0.5]
+    page = html_block("ab", [(0, 1), (1, 2)], [0.50, 0.51])
+    assert "rgba(220, 40, 40, 0.05)" in page and "rgba(220, 40, 40, 0.90)" in page
