@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         _common(sub.add_parser(name, help=f"run the {name} stage"))
     report = sub.add_parser("report", help="write report.html and report.md for a run folder")
     report.add_argument("run_dir")
+    comp = sub.add_parser("compare", help="accuracy of arms of runs with paired CIs and McNemar tests")
+    comp.add_argument("runs", nargs="*", help="run folders (arms from their configs)")
+    comp.add_argument("--split", default="test")
+    comp.add_argument("--group", action="append", default=[], metavar="NAME=RUN,RUN", help="an arm named by hand")
+    comp.add_argument("--html", help="write an HTML page with the difference plot here")
+    comp.add_argument("--json", help="write the full result as JSON here")
     faith = sub.add_parser("faithfulness", help="deletion test of a run's token weights on held-out rationales")
     faith.add_argument("run_dir")
     faith.add_argument("--fraction", type=float, default=0.2, help="share of each rationale's tokens deleted (default 0.2)")
@@ -111,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         from kpod.report import write_report
 
         return _run(lambda: {"report": str(write_report(args.run_dir))})
+    if args.stage == "compare":
+        from kpod.evaluation.compare import compare
+
+        return _run(lambda: compare(args.runs, args.split, args.group, args.html, args.json) and None)
     if args.stage == "faithfulness":
         from kpod.weighting.faithfulness import format_faithfulness, measure_faithfulness
 

@@ -51,6 +51,11 @@ def stage_logging(cfg: KPODConfig, stage: str):
     root = logging.getLogger()
     root.addHandler(handler)
     start = time.time()
+    # every source of randomness (python, numpy, torch) before the stage builds any module, in
+    # every process, so that the same config gives the same files
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
     log.info("stage %s: run folder %s", stage, paths.root)
     try:
         yield paths

@@ -146,6 +146,12 @@ def write_report(run_dir: str | Path) -> Path:
         blocks = "".join(f"<h4>{html.escape(r['id'])}</h4>{html_block(r['rationale'], o, w)}" for r, o, w in examples)
         md = "\n\n".join(f"`{r['id']}`: " + " ".join(f"{r['rationale'][a:b]}({x:.2f})" for (a, b), x in zip(o, w)) for r, o, w in examples)
         section("Token weights (darker red = higher w inside the rationale; hover for w)", blocks, md)
+    comparison = _json(paths.root / "comparison.json")
+    if comparison and comparison.get("html"):
+        link = comparison["html"]
+        section("Comparison", f'<p>This run is arm <b>{html.escape(comparison["arm"])}</b> of '
+                f'<a href="file://{html.escape(link)}">{html.escape(link)}</a> (kpod compare).</p>',
+                f"This run is arm {comparison['arm']} of {link} (kpod compare).")
     faithfulness = _json(paths.faithfulness)
     if faithfulness:
         from kpod.weighting.faithfulness import format_faithfulness

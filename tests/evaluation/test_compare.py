@@ -1,0 +1,68 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from kpod.artifacts import write_jsonl
+from kpod.cli import main
+from kpod.data.datasets import DataError
+from kpod.evaluation.compare import compare_runs, load_run, mcnemar_exact, paired_bootstrap
+
+
+def test_mcnemar_exact_by_hand():
+    # b = 1, c = 9: 2 * (C(10,0) + C(10,1)) / 2^10
+    assert mcnemar_exact(1, 9) == pytest.approx(22 / 1024)
+    assert mcnemar_exact(9, 1) == mcnemar_exact(1, 9)
+    assert mcnemar_exact(5, 5) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(0, 6) == pytest.approx(2 / 64)
+
+
+def test_paired_bootstrap_degenerate_and_closed_form():
+    a, b = np.ones((1, 50)), np.zeros((1, 50))
+    assert paired_bootstrap(a, b, 2000) == (1.0, 1.0, 1.0)
+    # differences of 1 on 30 of 100 questions, 0 elsewhere: the bootstrap mean is Binomial(100, 0.3) / 100,
+    # so its 95% interval is about 0.3 -/+ 1.96 * sqrt(0.3 * 0.7 / 100) = [0.21, 0.39]
+    a = np.array([[1.0] * 30 + [0.0] * 70])
+    diff, low, high = paired_bootstrap(a, np.zeros_like(a), 20_000)
+    half = 1.96 * math.sqrt(0.3 * 0.7 / 100)
+    assert diff == pytest.approx(0.3) and low == pytest.approx(0.3 - half, abs=0.015) and high == pytest.approx(0.3 + half, abs=0.015)
+
+
+def _run(tmp_path, name, correct, method="kpod", seed=0, ids=None):
+    run = tmp_path / name
+    ids = ids or [f"q{i}" for i in range(len(correct))]
+    write_jsonl(run / "eval/test/predictions.jsonl",
+                [{"id": q, "correct": c, "answer_sentence": True} for q, c in zip(ids, correct)])
+    (run / "configs").mkdir(parents=True)
+    (run / "configs/train.yaml").write_text(
+        f"method: {method}\nseed: {seed}\ntrain: {{uniform_weights: false}}\ndifficulty: {{use_weights: true}}\n"
+        "schedule: {progressive: true, beta: 12.0}\n")
+    return run
+
+
+def test_compare_pools_seeds_and_pairs_questions(tmp_path, capsys):
+    k0 = _run(tmp_path, "k0", [1, 1, 1, 0, 1, 0], seed=0)
+    k1 = _run(tmp_path, "k1", [1, 1, 0, 0, 1, 1], seed=1)
+    s0 = _run(tmp_path, "s0", [0, 1, 1, 0, 0, 0], method="std-cot", seed=0)
+    s1 = _run(tmp_path, "s1", [1, 0, 0, 0, 0, 1], method="std-cot", seed=1)
+    result = compare_runs([load_run(r, "test") for r in (k0, k1, s0, s1)], resamples=2000)
+    kpod, std = result["arms"]
+    assert kpod["arm"] == "kpod" and kpod["accuracy_mean"] == pytest.approx(100 * 8 / 12)
+    assert std["arm"] == "std-cot" and std["accuracy_mean"] == pytest.approx(100 * 4 / 12)
+    pair = result["pairs"][0]
+    assert [(s["a_only"], s["b_only"]) for s in pair["per_seed"]] == [(2, 0), (2, 0)]
+    assert (pair["a_only"], pair["b_only"]) == (4, 0) and pair["p_pooled"] == pytest.approx(2 / 16)
+    assert pair["difference"] == pytest.approx(100 * 4 / 12)
+    html = tmp_path / "c.html"
+    assert main(["compare", str(k0), str(k1), str(s0), str(s1), "--html", str(html), "--json", str(tmp_path / "c.json")]) == 0
+    assert "data:image/png;base64" in html.read_text() and "kpod vs std-cot" in capsys.readouterr().out
+    assert json.loads((k0 / "comparison.json").read_text())["arm"] == "kpod"
+
+
+def test_compare_refuses_different_questions(tmp_path):
+    a = _run(tmp_path, "a", [1, 0, 1])
+    b = _run(tmp_path, "b", [1, 0, 1], method="std-cot", ids=["q0", "q1", "x9"])
+    with pytest.raises(DataError, match="different questions"):
+        compare_runs([load_run(a, "test"), load_run(b, "test")])
+    assert main(["compare", str(a), "--split", "dev"]) == 2  # not evaluated on dev: an error, not a traceback
