@@ -7,8 +7,18 @@ def test_defaults_are_the_paper_settings():
     c = KPODConfig()
     assert c.student.model == "google/flan-t5-large"
     assert (c.student.lora_r, c.student.lora_alpha, c.train.batch_size, c.train.epochs) == (128, 16, 4, 100)
-    assert (c.train.learning_rate, c.weighting.alpha, c.schedule.p, c.schedule.c0_ratio) == (5e-5, 0.5, 0.5, 0.3)
+    assert (c.train.learning_rate, c.schedule.p, c.schedule.c0_ratio) == (5e-5, 0.5, 0.3)
+    assert c.weighting.alpha == 3.0  # ours, not the paper's 0.5: see docs/method.md
     assert (c.schedule.beta, c.cluster.k, c.teacher.model) == (12.0, 5, "gpt-3.5-turbo")
+
+
+def test_weighting_estimator_settings_are_checked_at_load():
+    with pytest.raises(ConfigError, match="no gradient path"):
+        load_config(overrides=["weighting.estimator=straight_through"])  # with the default masking=delete
+    with pytest.raises(ConfigError, match="samples >= 2"):
+        load_config(overrides=["weighting.samples=1"])
+    c = load_config(overrides=["weighting.estimator=straight_through", "weighting.masking=embedding"])
+    assert c.weighting.estimator == "straight_through"
 
 
 def test_yaml_and_overrides(tmp_path):

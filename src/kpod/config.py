@@ -61,7 +61,7 @@ class TeacherConfig(_Section):
 class WeightingConfig(_Section):
     reasoner: str | None = Field(None, description="Reasoning model (hub id or path, seq2seq or causal). None: the student model itself. Paper: google/flan-t5-large.")
     reasoner_lora: bool = Field(False, description="Train the reasoner with LoRA instead of fully.")
-    alpha: float = Field(0.5, ge=0, description="Weight of the mask loss L_m in L_p + alpha * L_m.")
+    alpha: float = Field(3.0, ge=0, description="Weight of the mask loss L_m in L_p + alpha * L_m. Paper: 0.5; ours 3.0, because L_p here is the answer NLL in nats of a rationale with tokens deleted, which 0.5 cannot balance (every w went to 1; docs/method.md).")
     reasoner_input: Literal["reasoner_tokens", "contextual", "token"] = Field("reasoner_tokens", description="What the reasoner sees of a kept token: reasoner_tokens (the reasoner's own embedding of the token; needs the student's tokenizer), contextual (P(e_j), the attention state, as the method doc: it also carries other tokens' content, so a masked keypoint can leak through kept neighbours) or token (P(Emb(r_j))). P is learned, so contextual/token need a reasoner warm-up or a trained reasoner.")
     masking: Literal["delete", "embedding"] = Field("delete", description="A masked token is removed from the reasoner's input (delete; needs estimator=score_function) or replaced by a learned vector v_mask (embedding, the method doc).")
     estimator: Literal["score_function", "straight_through"] = Field("score_function", description="Gradient estimator of dE[L_p + alpha L_m]/dw: score_function (unbiased: `samples` Bernoulli masks per rationale with leave-one-out baselines, per-prefix credit, exact dE[L_m]) or straight_through (the paper's Gumbel straight-through; biased, and ~0 where the reasoner ignores a masked position). docs/method.md.")
@@ -72,8 +72,9 @@ class WeightingConfig(_Section):
     prefixes: str = Field("steps", description="Rationale prefixes fed to the reasoner: steps (every step boundary), all (every token), sample:N.")
     mask_loss: Literal["ratio", "sum"] = Field("ratio", description="L_m as the mean of m over the rationale's tokens (ratio) or their sum.")
     epochs: int = Field(3, ge=1, description="Training epochs of the weighting module.")
-    reasoner_warmup_epochs: int = Field(0, ge=0, description="Epochs training the reasoner on unmasked rationales before masking starts (use with a reasoner that cannot yet answer, e.g. one not pretrained).")
-    learning_rate: float = Field(1e-4, gt=0, description="Learning rate of the module and reasoner.")
+    reasoner_warmup_epochs: int = Field(0, ge=0, description="Epochs training the reasoner (and P, v_mask) on rationales with 15% of tokens masked at random before the module learns (use with a reasoner that cannot yet answer or read P(.), e.g. one not pretrained or with another tokenizer).")
+    learning_rate: float = Field(1e-3, gt=0, description="Learning rate of the module (attention, MLP).")
+    reasoner_learning_rate: float = Field(1e-4, gt=0, description="Learning rate of the reasoner, P and v_mask while they train (warm-up, or freeze_reasoner=false).")
     batch_size: int = Field(4, ge=1, description="Rationales per step (all their prefixes go through the reasoner as one batch).")
     positions: Literal["from_end", "none"] = Field("from_end", description="Position code added before the module's attention layer: the distance of each token to the rationale's end (ours), or none (the paper states none).")
     attention_heads: int = Field(4, ge=1, description="Heads of the single self-attention layer.")
@@ -118,7 +119,8 @@ class ScheduleConfig(_Section):
     p: float = Field(0.5, ge=0, description="Budget curve exponent: D(t) = C0 + (B - C0) (t/T)^(p+1).")
     c0_ratio: float = Field(0.3, ge=0, le=1, description="C0 = c0_ratio * B, the stage-0 budget.")
     beta: float = Field(12.0, ge=0, description="Weight of the diversity term sum_k sqrt(|C_k ∩ S|); 0: no diversity (ablation).")
-    peak_fraction: float = Field(0.5, gt=0, le=1, description="T = peak_fraction * epochs: the stage at which the whole rationale is output (paper: half).")
+    peak_fraction: float = Field(0.5, gt=0, le=1, description="T = peak_fraction * stages: the stage at which the whole rationale is output (paper: half).")
+    stages: int | None = Field(None, ge=1, description="Number of curriculum stages over the whole run; a stage lasts an equal share of the optimizer steps (ours). None: one stage per epoch, as the paper (a 3-epoch run then has little curriculum).")
 
 
 class StudentConfig(_Section):

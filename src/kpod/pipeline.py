@@ -164,22 +164,27 @@ def _hash(*parts) -> str:
     return digest.hexdigest()[:16]
 
 
-def _stage_inputs(cfg: KPODConfig, stage: str) -> tuple[list, list[Path]]:
+def _stage_inputs(cfg: KPODConfig, stage: str, model_path: str | None = None) -> tuple[list, list[Path]]:
     """(what the stage reads: config sections and input files; the files it writes): its up-to-date check."""
     p = RunPaths(cfg.run_dir)
     c = cfg.snapshot()
     common = [c["dataset"], c["data"], c["seed"]]
     if stage == "generate":
         return common + [c["teacher"]], [p.rationales("train")]
+    # a stage's key holds every config section it reads (whole sections: a field read by a stage and
+    # missing from its key would let a changed setting reuse a stale output)
+    selection = [c["train"]["include_incorrect"]]
     if stage == "train_token_weighting":
-        return common + [c["weighting"], c["student"]["model"], p.rationales("train")], [p.weights]
+        return common + selection + [c["weighting"], c["student"], p.rationales("train")], [p.weights]
     if stage == "calculate_difficulties":
-        return common + [c["difficulty"], c["student"]["model"], p.rationales("train"), p.weights], [p.difficulties]
+        return common + selection + [c["difficulty"], c["weighting"]["overlap"], c["student"], p.rationales("train"),
+                                     p.weights], [p.difficulties]
     if stage == "cluster":
-        return common + [c["cluster"], c["schedule"], c["train"]["epochs"], p.difficulties], [p.clusters, p.schedule]
+        return common + selection + [c["cluster"], c["schedule"], c["train"]["epochs"], c["student"]["model"],
+                                     p.rationales("train"), p.difficulties], [p.clusters, p.schedule]
     if stage == "train":
-        return common + [c["method"], c["student"], c["train"], c["schedule"], p.rationales("train"), p.weights,
-                         p.schedule], [p.student / "kpod_student.json"]
+        return common + [c["method"], c["student"], c["train"], c["schedule"], c["weighting"]["overlap"], model_path,
+                         p.rationales("train"), p.weights, p.schedule], [p.student / "kpod_student.json"]
     # the student's files by name, size and modification time: a retrained student is re-evaluated
     # even when its settings (kpod_student.json) are unchanged, without reading gigabytes to hash them
     return common + [c["eval"], _folder_state(p.student)], [p.eval_dir(cfg.eval.split) / "metrics.json"]
@@ -197,7 +202,7 @@ def full_pipeline(cfg: KPODConfig, model_path: str | None = None, force: bool = 
     stages = [s for s in STAGES if cfg.method == "kpod" or s in ("generate", "train", "evaluate")]
     results = {}
     for stage in stages:
-        parts, outputs = _stage_inputs(cfg, stage)
+        parts, outputs = _stage_inputs(cfg, stage, model_path)
         key = _hash(*parts)
         if not force and manifest.get(stage) == key and all(o.is_file() for o in outputs):
             log.info("stage %s is up to date, skipped", stage)

@@ -19,6 +19,7 @@ from pathlib import Path
 from kpod import pipeline
 from kpod.artifacts import RunPaths
 from kpod.config import load_config
+from kpod.weighting.faithfulness import format_faithfulness, measure_faithfulness
 
 DEFAULT_CONFIG = Path("configs/cpu-quickstart.yaml")
 
@@ -52,7 +53,12 @@ def run(config: Path = DEFAULT_CONFIG, overrides: list[str] | None = None) -> li
                       "answer_sentence": metrics["answer_sentence"], "seconds_this_run": round(seconds, 1),
                       "run_dir": str(cfg.run_dir)})
     (root / "summary.json").write_text(json.dumps(table, indent=1))
+    paths = RunPaths(kpod_cfg.run_dir)
+    if not paths.faithfulness.is_file() or paths.faithfulness.stat().st_mtime < paths.weights.stat().st_mtime:
+        measure_faithfulness(kpod_cfg.run_dir, progress=False)
     print(format_table(table, kpod_cfg))
+    print("\nAre the token weights keypoints? (kpod faithfulness, on held-out rationales)")
+    print(format_faithfulness(json.loads(paths.faithfulness.read_text())))
     return table
 
 

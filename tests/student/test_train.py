@@ -132,3 +132,36 @@ def test_tensorboard_logging(tmp_path, tiny_t5):
     pipeline.generate(cfg)
     pipeline.train(cfg)
     assert list((tmp_path / "run" / "logs" / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_schedule_stages_advance_at_step_boundaries(tmp_path, tiny_llama, monkeypatch):
+    """schedule.stages=4 over 2 epochs of 3 steps: stages switch every 1.5 steps, at step ends."""
+    from kpod.student.data import DistillDataset
+
+    cfg = _cfg(tmp_path / "run", tiny_llama, **{"method": "kpod", "schedule.stages": 4, "train.epochs": 2,
+                                                "train.batch_size": 4, "train.save_checkpoints": False,
+                                                "weighting.epochs": 1})
+    for stage in ("generate", "train_token_weighting", "calculate_difficulties", "cluster"):
+        pipeline.STAGE_FUNCTIONS[stage](cfg)
+    schedule = json.loads((tmp_path / "run" / "schedule/schedule.json").read_text())
+    assert schedule["stages"] == 4 and schedule["epochs"] == 2 and len(schedule["table"]) == 4
+    assert all(len(c) == 4 for c in schedule["input_steps"].values())
+    seen = []
+    original = DistillDataset.__getitem__
+    monkeypatch.setattr(DistillDataset, "__getitem__", lambda self, i: seen.append(self.stage) or original(self, i))
+    pipeline.train(cfg)
+    per_step = [seen[i : i + 4] for i in range(0, len(seen), 4)]
+    assert [set(s) for s in per_step] == [{0}, {0}, {1}, {2}, {2}, {3}]
+
+
+def test_stage_callback_resumes_in_the_right_stage():
+    from types import SimpleNamespace
+
+    from kpod.student.trainer import StageCallback, stage_at_step
+
+    dataset = SimpleNamespace(stage=0)
+    StageCallback(dataset, stages=5).on_epoch_begin(None, SimpleNamespace(global_step=60, max_steps=100), None)
+    assert dataset.stage == 3
+    assert [stage_at_step(s, 10, 4) for s in range(10)] == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
+    StageCallback(dataset).on_epoch_begin(None, SimpleNamespace(epoch=2.0), None)  # one stage per epoch
+    assert dataset.stage == 2

@@ -150,6 +150,11 @@ def format_table(schedule: Schedule) -> str:
     return "\n".join(lines)
 
 
+def schedule_stages(cfg: KPODConfig) -> int:
+    """Stages of the curriculum: schedule.stages, else one per epoch (the paper)."""
+    return cfg.schedule.stages or cfg.train.epochs
+
+
 def build_schedule_file(cfg: KPODConfig) -> dict:
     """Schedule for the training rationales from the run folder's difficulties and clusters."""
     paths = RunPaths(cfg.run_dir)
@@ -161,9 +166,11 @@ def build_schedule_file(cfg: KPODConfig) -> dict:
     if missing:
         raise ValueError(f"{paths.difficulties}: no difficulties for {len(missing)} rationale(s), e.g. {missing[0]}")
     s = cfg.schedule
-    schedule = build_schedule([difficulties[k] for k in keys], [clusters.get(r["id"], 0) for r in rows], cfg.train.epochs,
+    stages = schedule_stages(cfg)
+    schedule = build_schedule([difficulties[k] for k in keys], [clusters.get(r["id"], 0) for r in rows], stages,
                               s.p, s.c0_ratio, s.beta, s.peak_fraction)
-    write_json(paths.schedule, {"epochs": schedule.epochs, "peak_stage": schedule.peak, "total_difficulty": schedule.total,
+    write_json(paths.schedule, {"epochs": cfg.train.epochs, "stages": stages,
+                                "stage_unit": "epoch" if s.stages is None else "steps", "peak_stage": schedule.peak, "total_difficulty": schedule.total,
                                 "c0": schedule.c0, "table": schedule.table,
                                 "input_steps": dict(zip(keys, schedule.input_steps))})
     text = format_table(schedule)

@@ -127,13 +127,26 @@ def load_trained_student(folder: Path, dtype: str = "float32"):
 
 def save_trained_student(model, tokenizer, folder: Path, base_model: str) -> None:
     """Write what `evaluate --model_path` loads: the adapter (or full model), the tokenizer, and
-    kpod_student.json naming the base model."""
-    folder.mkdir(parents=True, exist_ok=True)
+    kpod_student.json naming the base model. The folder is replaced whole (written beside it, then
+    swapped), so no file of an earlier student (say, an adapter after a switch to full fine-tuning)
+    survives, and a crash mid-write leaves the previous student intact."""
+    import shutil
+
+    folder = Path(folder)
+    staging = folder.with_name(folder.name + ".writing")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     adapter = hasattr(model, "peft_config")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    (folder / STUDENT_INFO).write_text(json.dumps({"base_model": base_model, "adapter": adapter,
-                                                   "seq2seq": is_seq2seq(model)}, indent=2))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / STUDENT_INFO).write_text(json.dumps({"base_model": base_model, "adapter": adapter,
+                                                    "seq2seq": is_seq2seq(model)}, indent=2))
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    staging.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def add_lora(model, r: int, alpha: int, dropout: float, target_modules):

@@ -37,9 +37,11 @@ def build_examples(cfg: KPODConfig, paths: RunPaths, splits: DatasetSplits | Non
             raise DataError(f"{paths.schedule}: schedule not found (run `kpod cluster` and `kpod calculate_difficulties`, "
                             "or set schedule.progressive=false)")
         data = json.loads(paths.schedule.read_text())
-        if data["epochs"] != cfg.train.epochs:
-            raise DataError(f"{paths.schedule} was computed for {data['epochs']} epochs but train.epochs is "
-                            f"{cfg.train.epochs}; recompute it (kpod cluster)")
+        stages = cfg.schedule.stages or cfg.train.epochs
+        if data.get("stages", data["epochs"]) != stages or data["epochs"] != cfg.train.epochs:
+            raise DataError(f"{paths.schedule} was computed for {data.get('stages', data['epochs'])} stages over "
+                            f"{data['epochs']} epochs, but the config asks for {stages} over {cfg.train.epochs}; "
+                            "recompute it (kpod cluster)")
         schedule = data["input_steps"]
     examples = []
     for row in rows:
@@ -79,7 +81,7 @@ def train_student(cfg: KPODConfig, splits: DatasetSplits | None = None, model_pa
     seq2seq = is_seq2seq(model)
     dataset = DistillDataset(examples, tokenizer, seq2seq, cfg.student.max_input_tokens, cfg.student.max_target_tokens,
                              cfg.train.weight_norm, cfg.weighting.overlap)
-    callbacks = [StageCallback(dataset)]
+    callbacks = [StageCallback(dataset, cfg.schedule.stages)]
     dev = None
     if cfg.train.eval_every and splits is not None and splits.dev:
         dev = DevAccuracyCallback(splits.dev[: cfg.train.eval_questions], tokenizer, paths.student, base_name,

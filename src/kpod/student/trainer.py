@@ -72,14 +72,31 @@ class DistillTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-class StageCallback(TrainerCallback):
-    """Sets the dataset's stage (= epoch) so each example uses its c_i(t) for that epoch."""
+def stage_at_step(step: int, max_steps: int, stages: int) -> int:
+    """The stage of optimizer step `step` (0-based) when `stages` stages share `max_steps` steps equally."""
+    return min(stages - 1, step * stages // max(1, max_steps))
 
-    def __init__(self, dataset: DistillDataset):
-        self.dataset = dataset
+
+class StageCallback(TrainerCallback):
+    """Sets the dataset's stage so each example uses its c_i(t): one stage per epoch (stages=None,
+    the paper), or `stages` stages sharing the run's optimizer steps equally (switching at step
+    boundaries). The data loader reads one batch ahead, so at the end of step k the stage of step
+    k + 2 is set (step k + 1's batch is already read); the first batch of an epoch is read after
+    on_epoch_begin (the second with it, so it shares the first's stage). On a resume the stage
+    follows the restored global step."""
+
+    def __init__(self, dataset: DistillDataset, stages: int | None = None):
+        self.dataset, self.stages = dataset, stages
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.dataset.stage = int(round(state.epoch or 0))
+        if self.stages is None:
+            self.dataset.stage = int(round(state.epoch or 0))
+        else:
+            self.dataset.stage = stage_at_step(state.global_step, state.max_steps, self.stages)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stages is not None:
+            self.dataset.stage = stage_at_step(state.global_step + 1, state.max_steps, self.stages)
 
 
 class DevAccuracyCallback(TrainerCallback):

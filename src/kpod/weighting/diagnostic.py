@@ -63,7 +63,7 @@ def token_roles(tokens: list[str], answer: str) -> list[str | None]:
     return roles
 
 
-def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 1000, epochs: int = 4, alpha: float = 0.5,
+def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 1000, epochs: int = 4, alpha: float = 3.0,
                             seed: int = 0, progress: bool = True, work_dir: str | Path | None = None,
                             warmup_epochs: int = 8, learning_rate: float = 1e-3, freeze_reasoner: bool = True,
                             **module_options) -> dict:
@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--masking", default="delete", choices=["delete", "embedding"])
     parser.add_argument("--reasoner-input", default="reasoner_tokens", choices=["reasoner_tokens", "contextual", "token"])
     parser.add_argument("--joint", action="store_true", help="keep training the reasoner after its warm-up")
-    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--alpha", type=float, default=3.0)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -107,7 +107,7 @@ class TokenWeighter(nn.Module):
 class KeypointModel(nn.Module):
     """TokenWeighter + the reasoner's view of the masked rationale + reasoner, with L_p + alpha L_m."""
 
-    def __init__(self, weighter: TokenWeighter, reasoner: nn.Module, *, alpha: float = 0.5, tau: float = 1.0,
+    def __init__(self, weighter: TokenWeighter, reasoner: nn.Module, *, alpha: float = 3.0, tau: float = 1.0,
                  mask_loss: Literal["ratio", "sum"] = "ratio", reasoner_input: ReasonerInput = "reasoner_tokens",
                  estimator: Estimator = "score_function", samples: int = 2, masking: Masking = "delete",
                  warmup_mask_rate: float = 0.15):

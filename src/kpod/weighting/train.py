@@ -44,7 +44,7 @@ def build_keypoint_model(cfg: KPODConfig, student_name: str | None = None):
 
 def fit_keypoint_model(model: KeypointModel, collator: PrefixCollator, items: list[WeightingItem], *, epochs: int,
                        lr: float, batch_size: int, seed: int = 0, progress: bool = True, warmup_epochs: int = 0,
-                       freeze_reasoner: bool = True) -> list[dict]:
+                       freeze_reasoner: bool = True, reasoner_lr: float | None = None) -> list[dict]:
     """Train the module. The first `warmup_epochs` train only the reasoner side (reasoner, P, v_mask)
     on randomly masked rationales, so that L_p can tell needed tokens from filler once the learned
     masks start; with `freeze_reasoner` the reasoner side is fixed from then on.
@@ -54,7 +54,7 @@ def fit_keypoint_model(model: KeypointModel, collator: PrefixCollator, items: li
     torch.manual_seed(seed)
     weighter_params = [p for p in model.weighter.parameters() if p.requires_grad]
     reasoner_params = model.reasoner_side_parameters()
-    optimizer = torch.optim.AdamW([{"params": weighter_params}, {"params": reasoner_params}], lr=lr)
+    optimizer = torch.optim.AdamW([{"params": weighter_params}, {"params": reasoner_params, "lr": reasoner_lr or lr}], lr=lr)
     generator = torch.Generator().manual_seed(seed)
     history = []
     model.train()
@@ -131,7 +131,7 @@ def train_weighting(cfg: KPODConfig) -> dict:
     start = time.time()
     history = fit_keypoint_model(model, collator, to_items(train_rows), epochs=w.epochs, lr=w.learning_rate,
                                  batch_size=w.batch_size, seed=cfg.seed, warmup_epochs=w.reasoner_warmup_epochs,
-                                 freeze_reasoner=w.freeze_reasoner)
+                                 freeze_reasoner=w.freeze_reasoner, reasoner_lr=w.reasoner_learning_rate)
     seconds = time.time() - start
     rows = export_weights(model, collator, to_items(all_rows))
     write_jsonl(paths.weights, rows)
