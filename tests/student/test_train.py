@@ -74,6 +74,28 @@ def test_resume_continues_the_same_run(tmp_path, tiny_t5):
         assert torch.allclose(x, y, atol=1e-6), name
 
 
+@pytest.mark.parametrize("damage", ["truncate_weights", "truncate_optimizer", "remove_state"])
+def test_resume_skips_a_checkpoint_left_half_written(tmp_path, tiny_t5, damage, caplog):
+    """A crash while checkpoint-6 was written: the run resumes from checkpoint-3, says why, and ends
+    where an uninterrupted run ends."""
+    from kpod.student.train import latest_complete_checkpoint
+
+    cfg = _cfg(tmp_path / "run", tiny_t5, **{"train.epochs": 2, "train.save_total_limit": 3})
+    pipeline.generate(cfg)
+    pipeline.train(cfg)
+    last = tmp_path / "run" / "checkpoints" / "checkpoint-6"
+    target = {"truncate_weights": "model.safetensors", "truncate_optimizer": "optimizer.pt", "remove_state": "trainer_state.json"}[damage]
+    path = last / target
+    if damage == "remove_state":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert latest_complete_checkpoint(tmp_path / "run" / "checkpoints").name == "checkpoint-3"
+    resumed = pipeline.train(_cfg(tmp_path / "run", tiny_t5, **{"train.epochs": 2, "train.save_total_limit": 3}))
+    assert resumed["resumed"] and resumed["steps"] == 6
+    assert "skipping" in caplog.text and "checkpoint-6" in caplog.text
+
+
 def test_bad_training_input(tmp_path, tiny_t5):
     cfg = _cfg(tmp_path / "run", tiny_t5)
     with pytest.raises(DataError, match="rationales file not found"):

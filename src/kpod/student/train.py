@@ -7,6 +7,8 @@ import logging
 import math
 import os
 import time
+import zipfile
+from pathlib import Path
 
 import torch
 from transformers import TrainingArguments
@@ -54,6 +56,49 @@ def build_examples(cfg: KPODConfig, paths: RunPaths, splits: DatasetSplits | Non
     return examples
 
 
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a Trainer checkpoint folder cannot be resumed from (a crash or full disk while it was
+    written), or None when it looks complete: trainer_state.json parses, weights are present and
+    every safetensors / torch file is whole."""
+    state = folder / "trainer_state.json"
+    try:
+        json.loads(state.read_text())
+    except (OSError, ValueError) as exc:
+        return f"{state.name} unreadable ({exc.__class__.__name__})"
+    weights = [f for f in folder.iterdir() if f.suffix in (".safetensors", ".bin")]
+    if not weights:
+        return "no model or adapter weights"
+    for f in [*weights, *folder.glob("*.pt"), *folder.glob("*.pth")]:
+        whole = _safetensors_whole(f) if f.suffix == ".safetensors" else zipfile.is_zipfile(f)
+        if not whole:
+            return f"{f.name} truncated or damaged"
+    return None
+
+
+def _safetensors_whole(path: Path) -> bool:
+    """The 8-byte header length, the JSON header, and every tensor's bytes are all in the file."""
+    try:
+        with path.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(length))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        return path.stat().st_size >= 8 + length + end
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def latest_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest checkpoint-N folder that can be resumed from; damaged newer ones are named in the log."""
+    folders = sorted((f for f in Path(checkpoints).glob("checkpoint-*") if f.is_dir() and f.name[11:].isdigit()),
+                     key=lambda f: int(f.name[11:]), reverse=True)
+    for folder in folders:
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        log.warning("skipping %s: %s (left by an interrupted save); resuming from an older checkpoint", folder, problem)
+    return None
+
+
 def training_arguments(cfg: KPODConfig, paths: RunPaths) -> TrainingArguments:
     t = cfg.train
     if cfg.report_to == "tensorboard":  # transformers 5 reads the folder from the environment
@@ -89,11 +134,12 @@ def train_student(cfg: KPODConfig, splits: DatasetSplits | None = None, model_pa
         callbacks.append(dev)
     trainer = DistillTrainer(model=model, args=training_arguments(cfg, paths), train_dataset=dataset,
                              data_collator=DistillCollator(tokenizer.pad_token_id, seq2seq), callbacks=callbacks)
-    resume = cfg.train.resume and any(paths.checkpoints.glob("checkpoint-*"))
+    checkpoint = latest_complete_checkpoint(paths.checkpoints) if cfg.train.resume else None
+    resume = checkpoint is not None
     if resume:
-        log.info("resuming from the last checkpoint in %s", paths.checkpoints)
+        log.info("resuming from %s", checkpoint)
     start = time.time()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if resume else None)
     seconds = time.time() - start
     if dev is None or dev.best is None:
         save_trained_student(trainer.model, tokenizer, paths.student, base_name)
