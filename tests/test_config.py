@@ -7,8 +7,7 @@ def test_defaults_are_the_paper_settings():
     c = KPODConfig()
     assert c.student.model == "google/flan-t5-large"
     assert (c.student.lora_r, c.student.lora_alpha, c.train.batch_size, c.train.epochs) == (128, 16, 4, 100)
-    assert (c.train.learning_rate, c.schedule.p, c.schedule.c0_ratio) == (5e-5, 0.5, 0.3)
-    assert c.weighting.alpha == 3.0  # ours, not the paper's 0.5: see docs/method.md
+    assert (c.train.learning_rate, c.weighting.alpha, c.schedule.p, c.schedule.c0_ratio) == (5e-5, 0.5, 0.5, 0.3)
     assert (c.schedule.beta, c.cluster.k, c.teacher.model) == (12.0, 5, "gpt-3.5-turbo")
 
 

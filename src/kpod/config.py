@@ -61,7 +61,8 @@ class TeacherConfig(_Section):
 class WeightingConfig(_Section):
     reasoner: str | None = Field(None, description="Reasoning model (hub id or path, seq2seq or causal). None: the student model itself. Paper: google/flan-t5-large.")
     reasoner_lora: bool = Field(False, description="Train the reasoner with LoRA instead of fully.")
-    alpha: float = Field(3.0, ge=0, description="Weight of the mask loss L_m in L_p + alpha * L_m. Paper: 0.5; ours 3.0, because L_p here is the answer NLL in nats of a rationale with tokens deleted, which 0.5 cannot balance (every w went to 1; docs/method.md).")
+    alpha: float = Field(0.5, ge=0, description="Weight of the mask loss L_m in L_p + alpha * L_m (paper: 0.5). With keep_rate set it matters little.")
+    keep_rate: float | None = Field(0.8, gt=0, lt=1, description="Ours: each rationale's logits are centred and shifted to logit(keep_rate), so the module ranks tokens against each other and masks can never collapse to deleting all or none. None: w = sigmoid(f_w(e)) with only alpha * L_m for sparsity, as the paper (on real rationales that collapsed to all-deleted or all-kept: docs/results.md).")
     reasoner_input: Literal["reasoner_tokens", "contextual", "token"] = Field("reasoner_tokens", description="What the reasoner sees of a kept token: reasoner_tokens (the reasoner's own embedding of the token; needs the student's tokenizer), contextual (P(e_j), the attention state, as the method doc: it also carries other tokens' content, so a masked keypoint can leak through kept neighbours) or token (P(Emb(r_j))). P is learned, so contextual/token need a reasoner warm-up or a trained reasoner.")
     masking: Literal["delete", "embedding"] = Field("delete", description="A masked token is removed from the reasoner's input (delete; needs estimator=score_function) or replaced by a learned vector v_mask (embedding, the method doc).")
     estimator: Literal["score_function", "straight_through"] = Field("score_function", description="Gradient estimator of dE[L_p + alpha L_m]/dw: score_function (unbiased: `samples` Bernoulli masks per rationale with leave-one-out baselines, per-prefix credit, exact dE[L_m]) or straight_through (the paper's Gumbel straight-through; biased, and ~0 where the reasoner ignores a masked position). docs/method.md.")
@@ -69,13 +70,13 @@ class WeightingConfig(_Section):
     freeze_reasoner: bool = Field(True, description="Keep the reasoner (and P, v_mask) fixed once its warm-up is over (from the start without warm-up): the weighting stage then needs only forward passes through it. False: trained jointly, as the paper.")
     holdout: float = Field(0.1, ge=0, description="Rationales held out from the module's training for `kpod faithfulness` (their weights are still exported): a fraction below 1, or a count. Held out by question.")
     gumbel_tau: float = Field(1.0, gt=0, description="Gumbel-softmax temperature (estimator=straight_through).")
-    prefixes: str = Field("steps", description="Rationale prefixes fed to the reasoner: steps (every step boundary), all (every token), sample:N.")
+    prefixes: str = Field("full", description="Rationale prefixes fed to the reasoner: full (the whole rationale only; ours, the cost is one reasoner pass per mask sample), steps (every step boundary, the paper), all (every token), sample:N (the full one and N-1 random step prefixes).")
     mask_loss: Literal["ratio", "sum"] = Field("ratio", description="L_m as the mean of m over the rationale's tokens (ratio) or their sum.")
     epochs: int = Field(3, ge=1, description="Training epochs of the weighting module.")
     reasoner_warmup_epochs: int = Field(0, ge=0, description="Epochs training the reasoner (and P, v_mask) on rationales with 15% of tokens masked at random before the module learns (use with a reasoner that cannot yet answer or read P(.), e.g. one not pretrained or with another tokenizer).")
     learning_rate: float = Field(1e-3, gt=0, description="Learning rate of the module (attention, MLP).")
     reasoner_learning_rate: float = Field(1e-4, gt=0, description="Learning rate of the reasoner, P and v_mask while they train (warm-up, or freeze_reasoner=false).")
-    batch_size: int = Field(4, ge=1, description="Rationales per step (all their prefixes go through the reasoner as one batch).")
+    batch_size: int = Field(8, ge=1, description="Rationales per step (all their prefixes and mask samples go through the reasoner as one batch).")
     positions: Literal["from_end", "none"] = Field("from_end", description="Position code added before the module's attention layer: the distance of each token to the rationale's end (ours), or none (the paper states none).")
     attention_heads: int = Field(4, ge=1, description="Heads of the single self-attention layer.")
     mlp_hidden: int = Field(256, ge=1, description="Hidden width of the two-layer MLP f_w.")
@@ -87,9 +88,9 @@ class WeightingConfig(_Section):
     @field_validator("prefixes")
     @classmethod
     def _prefixes(cls, value: str) -> str:
-        if value in ("steps", "all") or (value.startswith("sample:") and value[7:].isdigit() and int(value[7:]) > 0):
+        if value in ("full", "steps", "all") or (value.startswith("sample:") and value[7:].isdigit() and int(value[7:]) > 0):
             return value
-        raise ValueError("expected 'steps', 'all' or 'sample:N' with N > 0")
+        raise ValueError("expected 'full', 'steps', 'all' or 'sample:N' with N > 0")
 
     @model_validator(mode="after")
     def _estimator_fits(self) -> "WeightingConfig":

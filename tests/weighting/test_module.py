@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -9,11 +11,12 @@ from kpod.weighting.offsets import TokenWeights, map_weights
 from kpod.weighting.train import fit_keypoint_model
 
 
-def _model(reasoner_dir, student_dir=None, alpha=0.5, seed=0, **options):
+def _model(reasoner_dir, student_dir=None, alpha=0.5, seed=0, keep_rate=0.8, **options):
     torch.manual_seed(seed)
     student = load_model(str(student_dir or reasoner_dir))
     reasoner = load_model(str(reasoner_dir))
-    weighter = TokenWeighter(student.get_input_embeddings().weight.detach().clone(), heads=4, mlp_hidden=32)
+    weighter = TokenWeighter(student.get_input_embeddings().weight.detach().clone(), heads=4, mlp_hidden=32,
+                             keep_rate=keep_rate)
     model = KeypointModel(weighter, reasoner, alpha=alpha, **options)
     collator = PrefixCollator(load_tokenizer(str(student_dir or reasoner_dir)), load_tokenizer(str(reasoner_dir)),
                               model.seq2seq, "steps", 64, 32)
@@ -171,11 +174,24 @@ def test_all_prefixes_in_one_batch(tiny_llama):
     assert prefix_lengths([3, 7, 9], ["abc", "defg", "hi"], "all") == [1, 2, 3]
 
 
+def test_keep_rate_pins_each_rationales_mean_logit(tiny_llama):
+    model, collator = _model(tiny_llama, keep_rate=0.8)
+    with torch.no_grad():
+        model.weighter.mlp[2].weight.normal_(std=3.0)  # spread logits: the centring must still hold the mean
+    batch = collator(ITEMS)
+    w = model.weighter(batch["rationale_ids"], batch["rationale_mask"])[2].double()
+    for row, mask in zip(w, batch["rationale_mask"].bool()):
+        logits = torch.log(row[mask] / (1 - row[mask]))
+        assert logits.mean().item() == pytest.approx(math.log(0.8 / 0.2), abs=1e-2)  # pinned: no collapse either way
+        assert row[mask].max() > 0.9 and row[mask].min() < 0.5
+
+
 def test_alpha_moves_the_mean_weight(tiny_llama):
+    """Without keep_rate (the paper's parameterisation) alpha is what sets the sparsity."""
     items = synthetic_items(96, seed=0)
     means = {}
     for alpha in (0.0, 3.0):
-        model, collator = _model(tiny_llama, alpha=alpha, seed=1)
+        model, collator = _model(tiny_llama, alpha=alpha, seed=1, keep_rate=None)
         history = fit_keypoint_model(model, collator, items, epochs=3, lr=3e-3, batch_size=8, seed=0, progress=False,
                                      warmup_epochs=2)
         means[alpha] = (history[2]["mean_w"], history[-1]["mean_w"])  # first masked epoch, last epoch

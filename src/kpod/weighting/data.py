@@ -29,6 +29,8 @@ def prefix_lengths(token_ends: list[int], steps: list[str], mode: str, rng: rand
         return [0]
     if mode == "all":
         return list(range(1, n + 1))
+    if mode == "full":
+        return [n]
     lengths = sorted({sum(1 for end in token_ends if end <= stop) for _, stop in step_char_spans(steps)} | {n})
     lengths = [k for k in lengths if k > 0] or [n]
     if mode.startswith("sample:"):

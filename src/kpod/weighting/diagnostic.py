@@ -63,9 +63,10 @@ def token_roles(tokens: list[str], answer: str) -> list[str | None]:
     return roles
 
 
-def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 1000, epochs: int = 4, alpha: float = 3.0,
+def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 1000, epochs: int = 4, alpha: float = 0.5,
                             seed: int = 0, progress: bool = True, work_dir: str | Path | None = None,
                             warmup_epochs: int = 8, learning_rate: float = 1e-3, freeze_reasoner: bool = True,
+                            keep_rate: float | None = 0.8,
                             **module_options) -> dict:
     """Train the module on n synthetic rationales, return the ROC AUC of its weights on 200 new ones.
     module_options: KeypointModel keywords (estimator, masking, reasoner_input, samples); defaults
@@ -79,7 +80,7 @@ def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 1000, epochs: in
         tokenizer = load_tokenizer(str(folder))
         reasoner = load_model(str(folder))
         embeddings = reasoner.get_input_embeddings().weight.detach().clone()
-        model = KeypointModel(TokenWeighter(embeddings, heads=4, mlp_hidden=64), reasoner, alpha=alpha, **module_options)
+        model = KeypointModel(TokenWeighter(embeddings, heads=4, mlp_hidden=64, keep_rate=keep_rate), reasoner, alpha=alpha, **module_options)
         collator = PrefixCollator(tokenizer, tokenizer, False, "steps", 64, 16, seed)
         items = synthetic_items(n, seed)
         # the reasoner is random, so it first learns the task on (almost) unmasked rationales
@@ -97,7 +98,7 @@ def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 1000, epochs: in
     every = [w for ws in by_role.values() for w in ws]
     return {"roc_auc": float(roc_auc_score(labels, by_role["needed"] + by_role["filler"])),
             "mean_w_needed": mean(by_role["needed"]), "mean_w_unselected_operand": mean(by_role["other"]),
-            "mean_w_filler": mean(by_role["filler"]), "mean_w": mean(every), "alpha": alpha, "train_rationales": n,
+            "mean_w_filler": mean(by_role["filler"]), "mean_w": mean(every), "alpha": alpha, "keep_rate": keep_rate, "train_rationales": n,
             "epochs": epochs, "warmup_epochs": warmup_epochs, "freeze_reasoner": freeze_reasoner,
             "estimator": model.estimator, "masking": model.masking, "reasoner_input": model.reasoner_input,
             "answer_loss_after_warmup": history[warmup_epochs - 1]["answer_loss"] if warmup_epochs else None,
@@ -114,7 +115,7 @@ def main() -> None:
     parser.add_argument("--masking", default="delete", choices=["delete", "embedding"])
     parser.add_argument("--reasoner-input", default="reasoner_tokens", choices=["reasoner_tokens", "contextual", "token"])
     parser.add_argument("--joint", action="store_true", help="keep training the reasoner after its warm-up")
-    parser.add_argument("--alpha", type=float, default=3.0)
+    parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

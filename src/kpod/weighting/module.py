@@ -23,6 +23,7 @@ How d E[L_k] / dw is estimated (`estimator`, docs/method.md):
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -70,13 +71,18 @@ def score_function_surrogate(losses: torch.Tensor, log_probs: torch.Tensor, pref
 class TokenWeighter(nn.Module):
     """Emb (frozen copy of the student's) -> one self-attention layer -> MLP -> sigmoid.
 
+    keep_rate (ours): the MLP's logits are centred per rationale and shifted to logit(keep_rate):
+    the mean logit is pinned, so w can neither all go to 0 nor all to 1; None: w = sigmoid(f_w(e)),
+    as the paper.
+
     positions="from_end" adds a sinusoidal code of each token's distance to the rationale's end
     (ours: the paper's Att has no stated position code, and without one the layer cannot tell the
     final result from the same number earlier on)."""
 
     def __init__(self, student_embeddings: torch.Tensor, heads: int = 4, mlp_hidden: int = 256,
-                 positions: Literal["from_end", "none"] = "from_end"):
+                 positions: Literal["from_end", "none"] = "from_end", keep_rate: float | None = 0.8):
         super().__init__()
+        self.keep_rate = keep_rate
         vocab, width = student_embeddings.shape
         self.positions = positions
         self.position_scale = float(student_embeddings.float().std())
@@ -100,14 +106,20 @@ class TokenWeighter(nn.Module):
             x = x + self.position_scale * _distance_from_end_encoding(attention_mask, x.shape[-1]).to(x.dtype)
         attended, _ = self.attention(x, x, x, key_padding_mask=~attention_mask.bool(), need_weights=False)
         e = self.norm(x + attended)
-        w = torch.sigmoid(self.mlp(e).squeeze(-1))
-        return x, e, w
+        logits = self.mlp(e).squeeze(-1)
+        if self.keep_rate is not None:
+            # centred per rationale: the module ranks tokens, and the masks never collapse to
+            # "delete all" or "keep all", where every sample scores the same and no signal is left
+            valid = attention_mask.to(logits.dtype)
+            mean = (logits * valid).sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp_min(1)
+            logits = logits - mean + math.log(self.keep_rate / (1 - self.keep_rate))
+        return x, e, torch.sigmoid(logits)
 
 
 class KeypointModel(nn.Module):
     """TokenWeighter + the reasoner's view of the masked rationale + reasoner, with L_p + alpha L_m."""
 
-    def __init__(self, weighter: TokenWeighter, reasoner: nn.Module, *, alpha: float = 3.0, tau: float = 1.0,
+    def __init__(self, weighter: TokenWeighter, reasoner: nn.Module, *, alpha: float = 0.5, tau: float = 1.0,
                  mask_loss: Literal["ratio", "sum"] = "ratio", reasoner_input: ReasonerInput = "reasoner_tokens",
                  estimator: Estimator = "score_function", samples: int = 2, masking: Masking = "delete",
                  warmup_mask_rate: float = 0.15):
@@ -176,13 +188,13 @@ class KeypointModel(nn.Module):
                 m = (torch.rand_like(w) >= self.warmup_mask_rate).to(w.dtype) * valid
             else:
                 m = (w > 0.5).to(w.dtype) * valid
-            l_p = self._per_rationale(self._prefix_losses(batch, view, m.unsqueeze(0))[0], batch["prefix_owner"], len(w)).mean()
+            l_p = self._answer_loss_of(batch, view, m)
             l_m = reduce_mask(m)
             objective = l_p if warmup else l_p + self.alpha * l_m
             return {"loss": objective, "objective": objective, "answer_loss": l_p, "mask_loss": l_m, "w": w, "m": m}
         if self.estimator == "straight_through":
             m = straight_through_gumbel(w, self.tau) * valid
-            l_p = self._per_rationale(self._prefix_losses(batch, view, m.unsqueeze(0))[0], batch["prefix_owner"], len(w)).mean()
+            l_p = self._answer_loss_of(batch, view, m)
             l_m = reduce_mask(m)
             return {"loss": l_p + self.alpha * l_m, "objective": l_p + self.alpha * l_m, "answer_loss": l_p,
                     "mask_loss": l_m, "w": w, "m": m}
@@ -215,6 +227,10 @@ class KeypointModel(nn.Module):
         if self.reasoner_input == "reasoner_tokens":
             return self.reasoner.get_input_embeddings()(batch["rationale_ids"])
         return self.project(x if self.reasoner_input == "token" else e)
+
+    def _answer_loss_of(self, batch: dict, view: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """L_p under one mask m (R, L): prefix losses averaged per rationale, then over rationales."""
+        return self._per_rationale(self._prefix_losses(batch, view, m.unsqueeze(0))[0], batch["prefix_owner"], len(m)).mean()
 
     @staticmethod
     def _per_rationale(prefix_values: torch.Tensor, owner: torch.Tensor, rationales: int) -> torch.Tensor:

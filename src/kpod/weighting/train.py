@@ -36,7 +36,7 @@ def build_keypoint_model(cfg: KPODConfig, student_name: str | None = None):
                             cfg.student.target_modules)
     if w.gradient_checkpointing and not (w.freeze_reasoner and w.reasoner_warmup_epochs == 0):
         reasoner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    weighter = TokenWeighter(embeddings, w.attention_heads, w.mlp_hidden, w.positions)
+    weighter = TokenWeighter(embeddings, w.attention_heads, w.mlp_hidden, w.positions, w.keep_rate)
     model = KeypointModel(weighter, reasoner, alpha=w.alpha, tau=w.gumbel_tau, mask_loss=w.mask_loss,
                           reasoner_input=w.reasoner_input, estimator=w.estimator, samples=w.samples, masking=w.masking)
     return model, student_tokenizer, reasoner_tokenizer
