@@ -71,3 +71,13 @@ def test_answer_sentence_round_trip():
     assert text == "He has 5 apples. Therefore, the answer is 5."
     assert strip_answer_sentence(text) == "He has 5 apples."
     assert extract_answer(text, "math") == "5"
+
+
+def test_hedged_choice_answers_take_the_first_choice_named():
+    choices = ["bank", "library", "school", "park", "zoo"]
+    assert extract_answer("So the answer is A or C.", "choice", choices) == "A"
+    assert extract_answer("Therefore, the answer is (A) or (C).", "choice", choices) == "A"
+    assert extract_answer("the answer is library or bank.", "choice", choices) == "B"
+    assert extract_answer("The answer is either bank or park.", "choice", choices) == "A"
+    # without the trigger, the option named last still wins
+    assert extract_answer("Not the bank; people read in a library.", "choice", choices) == "B"

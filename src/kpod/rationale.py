@@ -193,8 +193,9 @@ def extract_answer(text: str, task: Task, choices: list[str] | None = None,
     Math: the first number after the last "the answer is"; without that phrase, the result of the
     final statement (the number after its last "=", else its first number), or with
     fallback="last_number" the last number in the text (the MCC-KD evaluator's rule).
-    Choice: the letter after "the answer is", else the last standalone option letter, else the
-    option whose text is named last. Returns None when nothing answer-like is found.
+    Choice: the letter after "the answer is", else the option named first after it (a hedged
+    "the answer is A or C" takes A, as zero-shot-CoT answer cleansing does), else the last
+    standalone option letter, else the option whose text is named last. Returns None when nothing answer-like is found.
     """
     lowered = text.lower()
     trigger = lowered.rfind(ANSWER_TRIGGER)
@@ -211,23 +212,23 @@ def extract_answer(text: str, task: Task, choices: list[str] | None = None,
         m = _LETTER_AFTER_TRIGGER.match(after)
         if m:
             return m.group(1).upper()
-        if choices:
-            named = _last_named_choice(after.lower(), choices)
+        if choices:  # a hedged answer ("the answer is bank or library") takes the first choice named
+            named = _named_choice(after.lower(), choices, first=True)
             if named:
                 return named
     letters = [a or b for a, b in _LETTER.findall(text)]
     if letters:
         return letters[-1]
-    return _last_named_choice(lowered, choices) if choices else None
+    return _named_choice(lowered, choices, first=False) if choices else None
 
 
-def _last_named_choice(lowered: str, choices: list[str]) -> str | None:
-    best, best_pos = None, -1
-    for i, choice in enumerate(choices):
-        pos = lowered.rfind(choice.lower().strip())
-        if choice.strip() and pos > best_pos:
-            best, best_pos = "ABCDE"[i], pos
-    return best
+def _named_choice(lowered: str, choices: list[str], first: bool) -> str | None:
+    """The option whose text appears first (or last) in `lowered`."""
+    found = [(lowered.find(c.lower().strip()) if first else lowered.rfind(c.lower().strip()), "ABCDE"[i])
+             for i, c in enumerate(choices) if c.strip() and c.lower().strip() in lowered]
+    if not found:
+        return None
+    return (min(found) if first else max(found))[1]
 
 
 def _is_float(text: str) -> bool:
