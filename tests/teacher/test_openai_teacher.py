@@ -99,3 +99,14 @@ def test_killed_run_resumes_without_paying_twice(tmp_path):
         # flight at the moment of the kill (answered but not yet stored) are asked twice
         assert max(server.successes.values()) <= 2
         assert sum(server.successes.values()) <= 60 + 2
+
+
+def test_an_endpoint_that_never_answers_stops_with_a_clear_error(tmp_path, monkeypatch):
+    """Accepts the connection, never answers: bounded by teacher.stall_timeout, not 60 s x retries."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with FakeOpenAI(fault=lambda prompt, attempt: "slow", slow_seconds=60) as server:
+        cfg = _cfg(tmp_path, server.url, n=3, **{"teacher.timeout": 30.0, "teacher.stall_timeout": 2.0})
+        start = time.monotonic()
+        with pytest.raises(TeacherError, match="no answer from .* for [0-9]+ s with 3 request"):
+            pipeline.generate(cfg)
+        assert time.monotonic() - start < 15

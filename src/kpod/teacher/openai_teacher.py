@@ -132,7 +132,12 @@ class OpenAITeacher:
 
         t = self.t = cfg.teacher
         self.base_url = t.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-        self.client = AsyncOpenAI(api_key=api_key, base_url=self.base_url, max_retries=0, timeout=t.timeout)
+        from openai import Timeout
+
+        self.client = AsyncOpenAI(api_key=api_key, base_url=self.base_url, max_retries=0,
+                                  timeout=Timeout(t.timeout, connect=min(10.0, t.timeout)))
+        self.last_answer = time.monotonic()
+        self.waiting: dict[int, float] = {}  # request number -> when it was sent
         self.cache = cache
         self.limiter = RateLimiter(t.requests_per_minute, t.tokens_per_minute)
         self.semaphore = asyncio.Semaphore(t.concurrency)
@@ -159,6 +164,8 @@ class OpenAITeacher:
                     await asyncio.sleep(self.t.batch_delay)
                 await self.limiter.acquire(self.t.max_tokens + sum(len(m["content"]) for m in messages) // 4)
                 started = time.monotonic()
+                ticket = self.stats.sent
+                self.waiting[ticket] = started
                 try:
                     self.stats.sent += 1
                     extra = {"seed": sample} if self.t.samples_per_question > 1 else {}
@@ -174,6 +181,7 @@ class OpenAITeacher:
                                         "completion_tokens": getattr(usage, "completion_tokens", 0) or 0}}
                     self.cache.put(key, result)  # durable before it counts
                     self._account(result["usage"])
+                    self.last_answer = time.monotonic()
                     return result
                 except APIStatusError as exc:
                     if exc.status_code in PERMANENT_STATUS:
@@ -183,6 +191,8 @@ class OpenAITeacher:
                     error, wait = f"HTTP {exc.status_code}", _retry_after(exc)
                 except (APITimeoutError, APIConnectionError, APIResponseValidationError, ValueError) as exc:  # JSON errors are ValueErrors
                     error, wait = type(exc).__name__, None
+                finally:
+                    self.waiting.pop(ticket, None)
             self.stats.errors[error] = self.stats.errors.get(error, 0) + 1
             attempt += 1
             if attempt > self.t.max_retries:
@@ -222,12 +232,34 @@ async def _run(cfg: KPODConfig, questions: list[Question], cache: ResponseCache,
         if result is not None:
             results[index] = result
         bar.update(1)
-        s = teacher.stats
-        bar.set_postfix(tokens=s.prompt_tokens + s.completion_tokens, cost=f"${s.cost:.4f}", retries=s.retries)
 
+    async def watch() -> None:
+        """Show waiting requests and their age; stop when nothing has answered for stall_timeout."""
+        while True:
+            await asyncio.sleep(1.0)
+            now, s = time.monotonic(), teacher.stats
+            oldest = now - min(teacher.waiting.values()) if teacher.waiting else 0.0
+            bar.set_postfix(tokens=s.prompt_tokens + s.completion_tokens, cost=f"${s.cost:.4f}", retries=s.retries,
+                            waiting=len(teacher.waiting), oldest=f"{oldest:.0f}s")
+            silent = now - teacher.last_answer
+            if teacher.waiting and silent > cfg.teacher.stall_timeout:
+                teacher.stop = TeacherError(
+                    f"no answer from {teacher.base_url} for {silent:.0f} s with {len(teacher.waiting)} request(s) waiting "
+                    f"(teacher.stall_timeout = {cfg.teacher.stall_timeout:g} s): the endpoint accepts connections but does not "
+                    f"answer. Check the server, then rerun the same command: the {len(results)} answered requests are "
+                    "cached and not paid again")
+                work.cancel()
+                return
+
+    work = asyncio.gather(*(one(i, job) for i, job in enumerate(jobs)))
+    watcher = asyncio.create_task(watch())
     try:
-        await asyncio.gather(*(one(i, job) for i, job in enumerate(jobs)))
+        await work
+    except asyncio.CancelledError:
+        if teacher.stop is None:
+            raise
     finally:
+        watcher.cancel()
         bar.close()
         await teacher.client.close()
     return teacher, jobs, results
