@@ -74,3 +74,29 @@ def test_main_py_subprocess_and_errors(tmp_path, tiny_t5):
                           "--output-dir", str(tmp_path / "g")], capture_output=True, text=True, cwd=tmp_path,
                          env={k: v for k, v in __import__("os").environ.items() if k != "OPENAI_API_KEY"})
     assert out.returncode == 2 and "OPENAI_API_KEY" in out.stderr
+
+
+def test_damaged_run_files_give_one_line_errors(tmp_path, capsys):
+    """A corrupt or foreign-shaped file of the run folder: a message naming the file and the fix, no traceback."""
+    run = tmp_path / "run"
+    (run / "schedule").mkdir(parents=True)
+    (run / "schedule/schedule.json").write_bytes(b"\xff\xfe not json")
+    (run / "stages.json").write_text("{broken")
+    args = ["--dataset", "gsm8k", "--output-dir", str(run), "--set", "teacher.kind=reference", "--quiet"]
+    assert main(["full_pipeline"] + args) == 2
+    err = capsys.readouterr().err
+    assert "stages.json: damaged" in err and "delete it" in err and "Traceback" not in err
+    (run / "stages.json").unlink()
+    from kpod.artifacts import read_json
+    from kpod.data.datasets import DataError
+    import pytest
+
+    with pytest.raises(DataError, match="schedule.json: damaged .*rerun `kpod cluster`"):
+        read_json(run / "schedule/schedule.json", "delete it and rerun `kpod cluster`")
+    (run / "schedule/schedule.json").write_text('{"something": 1}')
+    with pytest.raises(DataError, match="not a file kpod wrote here"):
+        read_json(run / "schedule/schedule.json", "rerun", ("input_steps",))
+    # anything unexpected still reaches the user as one line, with the traceback on request
+    (tmp_path / "afile").write_text("x")
+    assert main(["report", str(tmp_path / "afile")]) in (1, 2)
+    assert "Traceback" not in capsys.readouterr().err

@@ -84,6 +84,22 @@ def write_json(path: Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
+def read_json(path: Path, remedy: str, keys: tuple[str, ...] = ()) -> dict:
+    """A run-folder JSON file, or a DataError naming the file and what to do (`remedy`) when it is
+    missing, not UTF-8, not JSON, or lacks one of `keys`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; {remedy}") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path}: damaged ({exc.__class__.__name__}: {exc}); {remedy}") from None
+    missing = [k for k in keys if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise DataError(f"{path}: not a file kpod wrote here (no {', '.join(missing)}); {remedy}")
+    return data
+
+
 def rationale_key(row: dict) -> str:
     return f"{row['id']}#{row.get('sample', 0)}"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from kpod.config import ConfigError, load_config
@@ -98,21 +99,40 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def _run(func) -> int:
+    """Run a command; errors reach the user as one line (KPOD_DEBUG=1 or --debug: the traceback)."""
+    debug = os.environ.get("KPOD_DEBUG", "") not in ("", "0")
     try:
         result = func()
-    except (ConfigError, DataError, FileNotFoundError, ValueError, TeacherError) as exc:
-        print(f"kpod: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("kpod: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except (ConfigError, DataError, FileNotFoundError, ValueError, TeacherError) as exc:
+        if debug:
+            raise
+        print(f"kpod: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - anything else still gets a message, not a traceback
+        if debug:
+            raise
+        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        print(f"kpod: error: {type(exc).__name__}{where}: {exc}\n"
+              "kpod: rerun with --debug (or KPOD_DEBUG=1) for the traceback", file=sys.stderr)
+        return 1
     if isinstance(result, dict):
         print(json.dumps(result, indent=1, default=str))
     return 0
 
 
+def _debug_flag(argv: list[str] | None) -> list[str]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:
+        argv.remove("--debug")
+        os.environ["KPOD_DEBUG"] = "1"
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_debug_flag(argv))
     if args.stage == "report":
         from kpod.report import write_report
 
@@ -142,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def main_original(argv: list[str] | None = None) -> int:
-    args = build_main_parser().parse_args(argv)
+    args = build_main_parser().parse_args(_debug_flag(argv))
     _setup_logging(args.quiet)
     return _run(lambda: run_stage(args.mode, args))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from kpod.artifacts import RunPaths, write_json, write_jsonl
+from kpod.artifacts import RunPaths, read_json, write_json, write_jsonl
 from kpod.config import KPODConfig
 from kpod.data.datasets import DataError, DatasetSplits, load_dataset_splits
 
@@ -198,7 +198,7 @@ def _folder_state(folder: Path) -> list:
 def full_pipeline(cfg: KPODConfig, model_path: str | None = None, force: bool = False) -> dict:
     paths = RunPaths(cfg.run_dir)
     manifest_file = paths.root / "stages.json"
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    manifest = read_json(manifest_file, "delete it: every stage then reruns once") if manifest_file.is_file() else {}
     stages = [s for s in STAGES if cfg.method == "kpod" or s in ("generate", "train", "evaluate")]
     results = {}
     for stage in stages:

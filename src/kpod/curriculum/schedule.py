@@ -20,7 +20,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from kpod.artifacts import RunPaths, atomic_write_text, rationale_key, read_difficulties, read_rationales, write_json
+from kpod.artifacts import (RunPaths, atomic_write_text, rationale_key, read_difficulties, read_json, read_rationales,
+                            write_json)
 from kpod.config import KPODConfig
 
 
@@ -160,7 +161,7 @@ def build_schedule_file(cfg: KPODConfig) -> dict:
     paths = RunPaths(cfg.run_dir)
     rows = read_rationales(paths.rationales("train"), include_incorrect=cfg.train.include_incorrect)
     difficulties = read_difficulties(paths.difficulties)
-    clusters = json.loads(paths.clusters.read_text())["assignments"]
+    clusters = read_json(paths.clusters, "delete it and rerun `kpod cluster`", ("assignments",))["assignments"]
     keys = [rationale_key(r) for r in rows]
     missing = [k for k in keys if k not in difficulties]
     if missing:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
-from kpod.artifacts import RunPaths, rationale_key, read_rationales, read_weights, write_json
+from kpod.artifacts import RunPaths, rationale_key, read_json, read_rationales, read_weights, write_json
 from kpod.config import KPODConfig
 from kpod.data.datasets import DataError, DatasetSplits
 from kpod.student.data import DistillCollator, DistillDataset, DistillExample
@@ -38,7 +38,7 @@ def build_examples(cfg: KPODConfig, paths: RunPaths, splits: DatasetSplits | Non
         if not paths.schedule.is_file():
             raise DataError(f"{paths.schedule}: schedule not found (run `kpod cluster` and `kpod calculate_difficulties`, "
                             "or set schedule.progressive=false)")
-        data = json.loads(paths.schedule.read_text())
+        data = read_json(paths.schedule, "delete it and rerun `kpod cluster`", ("epochs", "input_steps"))
         stages = cfg.schedule.stages or cfg.train.epochs
         if data.get("stages", data["epochs"]) != stages or data["epochs"] != cfg.train.epochs:
             raise DataError(f"{paths.schedule} was computed for {data.get('stages', data['epochs'])} stages over "

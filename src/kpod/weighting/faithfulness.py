@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from kpod.artifacts import RunPaths, rationale_key, read_rationales, write_json
+from kpod.artifacts import RunPaths, rationale_key, read_json, read_rationales, write_json
 from kpod.data.datasets import DataError, read_jsonl
 from kpod.student.load import is_seq2seq, load_model, load_tokenizer
 from kpod.weighting.data import ANSWER_CUE, QUESTION_SEPARATOR
@@ -135,12 +135,8 @@ def measure_faithfulness(run_dir: str | Path, *, fraction: float = 0.2, draws: i
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be between 0 and 1, not {fraction}")
     paths = RunPaths(run_dir)
-    if not paths.weights_heldout.is_file():
-        raise DataError(f"{paths.weights_heldout}: no held-out rationales recorded; re-run `kpod train_token_weighting` "
-                        "with weighting.holdout > 0")
-    import json
-
-    heldout = set(json.loads(paths.weights_heldout.read_text())["keys"])
+    heldout = set(read_json(paths.weights_heldout, "no held-out rationales recorded: rerun `kpod train_token_weighting` "
+                                                   "with weighting.holdout > 0", ("keys",))["keys"])
     if not heldout:
         raise DataError(f"{paths.weights_heldout}: no rationale was held out (weighting.holdout is 0); re-run "
                         "`kpod train_token_weighting` with weighting.holdout > 0")
