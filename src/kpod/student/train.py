@@ -141,8 +141,9 @@ def train_student(cfg: KPODConfig, splits: DatasetSplits | None = None, model_pa
     start = time.time()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if resume else None)
     seconds = time.time() - start
-    if dev is None or dev.best is None:
+    if (dev is None or dev.best is None) and trainer.is_world_process_zero():  # one process writes the student
         save_trained_student(trainer.model, tokenizer, paths.student, base_name)
+    trainer.accelerator.wait_for_everyone()
     report = dataset.truncation_report()
     if report:
         log.warning(report)
