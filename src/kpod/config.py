@@ -73,7 +73,7 @@ class WeightingConfig(_Section):
     gumbel_tau: float = Field(1.0, gt=0, description="Gumbel-softmax temperature (estimator=straight_through).")
     prefixes: str = Field("full", description="Rationale prefixes fed to the reasoner: full (the whole rationale only; ours, the cost is one reasoner pass per mask sample), steps (every step boundary, the paper), all (every token), sample:N (the full one and N-1 random step prefixes).")
     mask_loss: Literal["ratio", "sum"] = Field("ratio", description="L_m as the mean of m over the rationale's tokens (ratio) or their sum.")
-    epochs: int = Field(3, ge=1, description="Training epochs of the weighting module.")
+    epochs: int = Field(1, ge=1, description="Training epochs of the weighting module (1: as faithful as 3 on SVAMP at a third of the cost, docs/results.md).")
     reasoner_warmup_epochs: int = Field(0, ge=0, description="Epochs training the reasoner (and P, v_mask) on rationales with 15% of tokens masked at random before the module learns (use with a reasoner that cannot yet answer or read P(.), e.g. one not pretrained or with another tokenizer).")
     learning_rate: float = Field(1e-3, gt=0, description="Learning rate of the module (attention, MLP).")
     reasoner_learning_rate: float = Field(1e-4, gt=0, description="Learning rate of the reasoner, P and v_mask while they train (warm-up, or freeze_reasoner=false).")
