@@ -36,12 +36,13 @@ ARMS = {
 }
 
 
-def first_correct_rationales(root: Path, out: Path) -> int:
-    questions = load_dataset_splits("svamp", root).train
-    records, _ = import_rationales(root / "splits_mcc_kd/SVAMP/train.json", questions, "mcc_kd")
+def first_correct_rationales(root: Path, out: Path, questions: int | None = None) -> int:
+    """The first correct GPT-3.5 rationale of each SVAMP training question (of the first `questions` that have one)."""
+    train = load_dataset_splits("svamp", root).train
+    records, _ = import_rationales(root / "splits_mcc_kd/SVAMP/train.json", train, "mcc_kd")
     chosen = {}
     for r in records:
-        if r["correct"] and r["id"] not in chosen:
+        if r["correct"] and r["id"] not in chosen and (questions is None or len(chosen) < questions):
             chosen[r["id"]] = {"id": r["id"], "rationale": r["raw"]}
     write_jsonl(out, chosen.values())
     return len(chosen)

@@ -16,21 +16,10 @@ import time
 from pathlib import Path
 
 from kpod import pipeline
-from kpod.artifacts import RunPaths, write_jsonl
+from kpod.artifacts import RunPaths
 from kpod.config import load_config
-from kpod.data import load_dataset_splits
-from kpod.teacher.importers import import_rationales
 from kpod.weighting.faithfulness import format_faithfulness, measure_faithfulness
-
-
-def first_correct_rationales(root: Path, out: Path, questions: int) -> int:
-    records, _ = import_rationales(root / "splits_mcc_kd/SVAMP/train.json", load_dataset_splits("svamp", root).train, "mcc_kd")
-    chosen = {}
-    for r in records:
-        if r["correct"] and r["id"] not in chosen and len(chosen) < questions:
-            chosen[r["id"]] = {"id": r["id"], "rationale": r["raw"]}
-    write_jsonl(out, chosen.values())
-    return len(chosen)
+from svamp_smollm2 import first_correct_rationales  # bench/ is on sys.path when run as a script
 
 
 def main() -> None:

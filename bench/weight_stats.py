@@ -13,14 +13,12 @@ from pathlib import Path
 
 from sklearn.metrics import roc_auc_score
 
-
-def is_number_or_operator(token: str) -> bool:
-    return any(c.isdigit() or c in "+-*/=" for c in token)
+from kpod.weighting.faithfulness import is_digit_or_operator
 
 
 def weight_stats(run_dir: Path) -> dict:
     rows = [json.loads(line) for line in (run_dir / "weights" / "weights.jsonl").open()]
-    pairs = [(is_number_or_operator(t), w) for r in rows for t, w in zip(r["tokens"], r["weights"])]
+    pairs = [(is_digit_or_operator(t), w) for r in rows for t, w in zip(r["tokens"], r["weights"])]
     numbers = [w for is_num, w in pairs if is_num]
     others = [w for is_num, w in pairs if not is_num]
     every = numbers + others

@@ -16,7 +16,6 @@ import base64
 import html
 import io
 import itertools
-import json
 import math
 import statistics
 from dataclasses import dataclass, field

@@ -14,7 +14,6 @@ and scores the gold answer, the layout the weighting module's reasoner reads.
 
 from __future__ import annotations
 
-import logging
 import random
 import statistics
 from pathlib import Path
@@ -27,8 +26,6 @@ from kpod.artifacts import RunPaths, rationale_key, read_json, read_rationales, 
 from kpod.data.datasets import DataError, read_jsonl
 from kpod.student.load import is_seq2seq, load_model, load_tokenizer
 from kpod.weighting.data import ANSWER_CUE, QUESTION_SEPARATOR
-
-log = logging.getLogger(__name__)
 
 VARIANTS = ("top", "bottom", "heuristic", "random")
 
