@@ -1,0 +1,139 @@
+"""The multi-seed SVAMP study: does KPOD beat Std-CoT, by how much, and how sure are we?
+
+SmolLM2-135M-Instruct + LoRA, trained on SVAMP training questions with the real GPT-3.5-Turbo
+rationales of MCC-KD (the first correct one of each question; the same data, epochs, learning rate,
+LoRA and curriculum stages for every arm). Every run is evaluated, without model selection, on the
+300 held-out SVAMP questions (MCC-KD dev + test) and on the ASDiv test split (314, out of
+distribution). Arms: base, std-cot, kpod, kpod-uniform (no token weights), kpod-no-schedule.
+
+Runs go in the order of `--plan` (arm:seed), most informative first; each is a run folder under
+--out, resumable (finished stages and evaluations are skipped). After each run its per-question
+correctness goes to --csv-dir/<run>/<split>.csv (question id, correct, answer found, answer sentence) and, for KPOD
+runs, the faithfulness of its token weights to --csv-dir/<run>/faithfulness.json. Then:
+
+    kpod compare bench/out/svamp_study/* --split dev,test
+    kpod compare bench/out/svamp_study/* --split test-asdiv
+
+    KPOD_DATA_DIR=../shared/data python bench/svamp_study.py
+"""
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from kpod import pipeline
+from kpod.artifacts import RunPaths
+from kpod.config import load_config
+from kpod.data.datasets import read_jsonl
+from kpod.weighting.faithfulness import measure_faithfulness
+from svamp_smollm2 import first_correct_rationales  # bench/ is on sys.path when run as a script
+
+ARMS = {
+    "base": [],
+    "std-cot": ["method=std-cot"],
+    "kpod": [],
+    "kpod-uniform": ["train.uniform_weights=true"],
+    "kpod-no-schedule": ["schedule.progressive=false"],
+}
+PLAN = "base:0,std-cot:0,kpod:0,std-cot:1,kpod:1,std-cot:2,kpod:2,kpod-uniform:0,kpod-no-schedule:0"
+UPSTREAM = ["rationales", "weights", "difficulty", "clusters", "schedule"]
+
+
+def write_correctness(run_dir: Path, eval_name: str, out: Path) -> None:
+    rows = read_jsonl(RunPaths(run_dir).eval_dir(eval_name) / "predictions.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "correct", "answer_found", "answer_sentence"])
+        for r in rows:
+            writer.writerow([r["id"], int(r["correct"]), int(r["prediction"] is not None), int(r["answer_sentence"])])
+
+
+def evaluated_after_training(run_dir: Path, eval_name: str) -> bool:
+    metrics = RunPaths(run_dir).eval_dir(eval_name) / "metrics.json"
+    student = RunPaths(run_dir).student / "kpod_student.json"
+    return metrics.is_file() and (not student.is_file() or metrics.stat().st_mtime > student.stat().st_mtime)
+
+
+def reuse_upstream(source: Path, target: Path) -> None:
+    """An ablation arm shares seed 0's KPOD stages before `train` (same inputs, so the same stage keys):
+    copying them lets full_pipeline skip them instead of recomputing identical files."""
+    if (target / "stages.json").is_file() or not (source / "stages.json").is_file():
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for name in UPSTREAM:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, target / name, dirs_exist_ok=True)
+    stages = json.loads((source / "stages.json").read_text())
+    kept = {k: v for k, v in stages.items() if k not in ("train", "train_started", "evaluate")}
+    (target / "stages.json").write_text(json.dumps(kept))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plan", default=PLAN, help="arm:seed,... in the order to run")
+    parser.add_argument("--questions", type=int, default=160)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--stages", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--out", default="bench/out/svamp_study")
+    parser.add_argument("--csv-dir", default="bench/results/svamp_study")
+    args = parser.parse_args()
+    root = Path(os.environ.get("KPOD_DATA_DIR", "../shared/data"))
+    out, csv_dir = Path(args.out), Path(args.csv_dir)
+    teacher_file = out / "gpt35_first_correct.jsonl"
+    if not teacher_file.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"{first_correct_rationales(root, teacher_file, args.questions)} questions with a correct rationale")
+    common = [
+        "dataset=svamp", "student.model=smollm2", "teacher.kind=file", f"teacher.import_path={teacher_file}",
+        f"train.epochs={args.epochs}", f"schedule.stages={args.stages}", f"train.learning_rate={args.lr}",
+        "train.eval_every=0", "train.batch_size=4", "student.lora_r=16", "student.lora_alpha=32",
+        "student.max_input_tokens=320", "student.max_target_tokens=256", f"eval.max_new_tokens={args.max_new_tokens}",
+        "eval.batch_size=16", "weighting.max_rationale_tokens=192", "weighting.max_question_tokens=96",
+    ]
+    judge_cache_file = out / "judge_cache.json"
+    judge_cache = {tuple(k): v for k, v in json.loads(judge_cache_file.read_text())} if judge_cache_file.is_file() else {}
+    for item in args.plan.split(","):
+        arm, seed = item.split(":")
+        name = f"{arm}-s{seed}"
+        run_dir = out / name
+        overrides = common + ARMS[arm] + [f"seed={seed}", f"output_dir={run_dir}"]
+        cfg = load_config(overrides=overrides)
+        asdiv = load_config(overrides=overrides + ["dataset=asdiv"])
+        model_path = "smollm2" if arm == "base" else None
+        start = time.time()
+        if arm in ("kpod-uniform", "kpod-no-schedule"):
+            reuse_upstream(out / f"kpod-s{seed}", run_dir)
+        if arm != "base":
+            pipeline.full_pipeline(cfg)
+        evaluations = [(cfg, "test", None), (cfg, "dev", None), (asdiv, "test", "asdiv")]
+        for run_cfg, split, tag in evaluations:
+            eval_name = split if tag is None else f"{split}-{tag}"
+            if not evaluated_after_training(run_dir, eval_name):
+                pipeline.evaluate(run_cfg, model_path=model_path, split=split, tag=tag)
+            write_correctness(run_dir, eval_name, csv_dir / name / f"{eval_name}.csv")
+        if arm.startswith("kpod") and arm != "kpod-uniform":
+            faithfulness = RunPaths(run_dir).faithfulness
+            if not faithfulness.is_file() or faithfulness.stat().st_mtime < RunPaths(run_dir).weights.stat().st_mtime:
+                measure_faithfulness(run_dir, progress=False, judge_cache=judge_cache)
+                judge_cache_file.write_text(json.dumps([[list(k), v] for k, v in judge_cache.items()]))
+            shutil.copy(faithfulness, csv_dir / name / "faithfulness.json")
+        took = time.time() - start
+        seconds_file = run_dir / "bench_seconds.json"
+        if not seconds_file.is_file() or took > 60:  # keep the time of the call that did the work
+            seconds_file.write_text(json.dumps({"seconds": took}))
+        shutil.copy(seconds_file, csv_dir / name / "seconds.json")
+        accuracies = {e: json.loads((RunPaths(run_dir).eval_dir(e) / "metrics.json").read_text())["accuracy"]
+                      for e in ("test", "dev", "test-asdiv")}
+        print(f"{name}: SVAMP test {accuracies['test']:.2f}%, dev {accuracies['dev']:.2f}%, "
+              f"ASDiv test {accuracies['test-asdiv']:.2f}% ({took:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
