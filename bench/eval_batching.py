@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from kpod.data import load_dataset_splits
-from kpod.evaluation.evaluate import generate
+from kpod.decoding import greedy_continuations
 from kpod.rationale import format_prompt
-from kpod.student.load import load_student
-from kpod.student.tiny import build_tiny_model
+from kpod.models import load_student
+from kpod.testing import build_tiny_model
 
 
 def main() -> None:
@@ -33,10 +33,10 @@ def main() -> None:
         model, tokenizer = load_student(name)
         prompts = [format_prompt(q.question) for q in load_dataset_splits("gsm8k").test[: args.questions]]
         start = time.perf_counter()
-        one = generate(model, tokenizer, prompts, args.max_new_tokens, batch_size=1, progress=False)
+        one = greedy_continuations(model, tokenizer, prompts, args.max_new_tokens, batch_size=1, progress=False)
         single = time.perf_counter() - start
         start = time.perf_counter()
-        batched = generate(model, tokenizer, prompts, args.max_new_tokens, batch_size=16, progress=False)
+        batched = greedy_continuations(model, tokenizer, prompts, args.max_new_tokens, batch_size=16, progress=False)
         many = time.perf_counter() - start
     same = sum(a.strip() == b.strip() for a, b in zip(one, batched))
     print(f"model {args.model or 'tiny LLaMA (hidden 256, 4 layers)'}, {len(prompts)} questions, {args.max_new_tokens} new tokens")

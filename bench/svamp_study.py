@@ -39,7 +39,7 @@ ARMS = {
     "kpod-uniform": ["train.uniform_weights=true"],
     "kpod-no-schedule": ["schedule.progressive=false"],
 }
-PLAN = "base:0,std-cot:0,kpod:0,std-cot:1,kpod:1,std-cot:2,kpod:2,kpod-uniform:0,kpod-no-schedule:0"
+PLAN = "std-cot:0,kpod:0,std-cot:1,kpod:1,std-cot:2,kpod:2,kpod-uniform:0,kpod-no-schedule:0,base:0"
 UPSTREAM = ["rationales", "weights", "difficulty", "clusters", "schedule"]
 
 

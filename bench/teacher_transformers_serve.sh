@@ -7,7 +7,7 @@ set -euo pipefail
 out=${1:-bench/out/teacher_serve}
 port=${KPOD_SERVE_PORT:-8123}
 python -c "import fastapi, uvicorn" 2>/dev/null || pip install -q "transformers[serving]"
-folder=$(python -c "from kpod.student.load import smollm2_folder; print(smollm2_folder())")
+folder=$(python -c "from kpod.models import smollm2_folder; print(smollm2_folder())")
 transformers serve --host 127.0.0.1 --port "$port" "$folder" > "$out.server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT

@@ -35,8 +35,9 @@ def arm(name: str, model: str, n: int, work: Path) -> dict:
     from kpod import pipeline
     from kpod.artifacts import RunPaths
     from kpod.config import load_config
-    from kpod.student.data import DistillCollator, DistillDataset
-    from kpod.student.load import add_lora, load_student
+    from kpod.layout import DistillCollator
+    from kpod.student.data import DistillDataset
+    from kpod.models import add_lora, load_student
     from kpod.student.train import build_examples, training_arguments
 
     torch.manual_seed(0)
@@ -93,7 +94,7 @@ def main() -> None:
         return
     import os
 
-    from kpod.student.tiny import build_tiny_model
+    from kpod.testing import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(build_tiny_model("llama", Path(os.environ.get("KPOD_DATA_DIR", "../shared/data")) / "tokenizers/llama",

@@ -20,13 +20,13 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_t5(tmp_path_factory, data_dir) -> Path:
-    from kpod.student.tiny import build_tiny_model
+    from kpod.testing import build_tiny_model
 
     return build_tiny_model("t5", data_dir / "tokenizers" / "flan-t5", tmp_path_factory.mktemp("models") / "tiny-t5")
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, data_dir) -> Path:
-    from kpod.student.tiny import build_tiny_model
+    from kpod.testing import build_tiny_model
 
     return build_tiny_model("llama", data_dir / "tokenizers" / "llama", tmp_path_factory.mktemp("models") / "tiny-llama")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterable
 
 from kpod.data.datasets import DataError, read_jsonl
-from kpod.weighting.offsets import TokenWeights
+from kpod.token_weights import TokenWeights
 
 
 class RunPaths:
@@ -138,3 +138,8 @@ def read_difficulties(path: Path) -> dict[str, list[float]]:
     if not Path(path).is_file():
         raise DataError(f"{path}: step difficulties not found (run `kpod calculate_difficulties` first)")
     return {row["key"]: row["difficulties"] for row in read_jsonl(path)}
+
+
+def write_eval(folder: Path, metrics: dict, predictions: list[dict]) -> None:
+    write_json(folder / "metrics.json", metrics)
+    write_jsonl(folder / "predictions.jsonl", predictions)

@@ -132,8 +132,9 @@ def train(cfg: KPODConfig, model_path: str | None = None) -> dict:
 def evaluate(cfg: KPODConfig, model_path: str | None = None, split: str | None = None, tag: str | None = None) -> dict:
     """Accuracy of a student on a split. model_path: a `kpod train` output folder, a hub id or a
     local model; default: the run folder's trained student, else the base model."""
-    from kpod.evaluation.evaluate import evaluate_questions, write_eval
-    from kpod.student.load import load_student
+    from kpod.artifacts import write_eval
+    from kpod.decoding import evaluate_questions
+    from kpod.models import load_student
 
     split = split or cfg.eval.split
     with stage_logging(cfg, "evaluate") as paths:

@@ -15,6 +15,9 @@ Task = Literal["math", "choice"]
 PROMPT_TEMPLATE = "Q: {question} A: Let's think step by step."
 ANSWER_SENTENCE = "Therefore, the answer is {answer}."
 ANSWER_TRIGGER = "the answer is"
+# what the reasoner and the faithfulness judge read before the answer: the answer sentence up to the answer
+ANSWER_CUE = " " + ANSWER_SENTENCE.split(" {answer}")[0]
+QUESTION_SEPARATOR = "\n"  # between the question and the rationale, for the reasoner and the judge
 
 
 def format_prompt(question: str) -> str:

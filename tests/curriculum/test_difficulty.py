@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kpod.curriculum.difficulty import step_difficulties
-from kpod.weighting.offsets import TokenWeights
+from kpod.token_weights import TokenWeights
 
 
 def test_eq8_by_hand():

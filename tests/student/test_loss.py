@@ -5,11 +5,12 @@ import torch
 
 from kpod.artifacts import RunPaths
 from kpod.config import load_config
-from kpod.student.data import DistillCollator, DistillDataset, DistillExample
-from kpod.student.load import load_student
+from kpod.layout import DistillCollator, DistillExample
+from kpod.student.data import DistillDataset
+from kpod.models import load_student
 from kpod.student.train import training_arguments
 from kpod.student.trainer import DistillTrainer, weighted_token_loss
-from kpod.weighting.offsets import TokenWeights
+from kpod.token_weights import TokenWeights
 
 STEPS = ["Natalia sold 48/2 = 24 clips in May.\n", "Natalia sold 48+24 = 72 clips altogether."]
 QUESTION = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many?"

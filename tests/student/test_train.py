@@ -10,8 +10,8 @@ import torch
 from kpod import pipeline
 from kpod.config import load_config
 from kpod.data import DataError
-from kpod.evaluation.evaluate import generate
-from kpod.student.load import load_student
+from kpod.decoding import greedy_continuations
+from kpod.models import load_student
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,7 +39,7 @@ def test_training_lowers_the_loss_and_saved_model_predicts_the_same(request, tmp
     reloaded, tokenizer = load_student(str(tmp_path / "run" / "student"))
     fresh, _ = load_student(str(model_dir))
     prompts = ["Q: What is 2 + 3? A: Let's think step by step.", "Q: Tom has 4 apples. A: Let's think step by step."]
-    assert generate(reloaded, tokenizer, prompts, 8, progress=False) == generate(reloaded, tokenizer, prompts, 8, progress=False)
+    assert greedy_continuations(reloaded, tokenizer, prompts, 8, progress=False) == greedy_continuations(reloaded, tokenizer, prompts, 8, progress=False)
     trained_state = reloaded.state_dict()
     assert any(not torch.equal(v, fresh.state_dict()[k]) for k, v in trained_state.items())
 

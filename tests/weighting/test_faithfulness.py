@@ -7,7 +7,7 @@ from kpod.artifacts import write_json, write_jsonl
 from kpod.cli import main
 from kpod.data.datasets import DataError
 from kpod.rationale import split_steps
-from kpod.student.load import load_tokenizer
+from kpod.models import load_tokenizer
 from kpod.weighting.faithfulness import (Judge, delete_tokens, deletion_texts, is_digit_or_operator, measure_faithfulness,
                                          ranked)
 from kpod.weighting.view import html_block, within_rationale_ranks

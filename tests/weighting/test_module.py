@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from kpod.student.load import load_model, load_tokenizer
+from kpod.models import load_model, load_tokenizer
 from kpod.weighting.data import PrefixCollator, WeightingItem, prefix_lengths
 from kpod.weighting.diagnostic import run_keypoint_diagnostic, synthetic_items, token_roles
 from kpod.weighting.module import KeypointModel, TokenWeighter, score_function_surrogate, straight_through_gumbel
-from kpod.weighting.offsets import TokenWeights, map_weights
+from kpod.token_weights import TokenWeights, map_weights
 from kpod.weighting.train import fit_keypoint_model
 
 

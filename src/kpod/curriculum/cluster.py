@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def student_embeddings(texts: list[str], model_name: str) -> np.ndarray:
-    from kpod.student.load import load_student
+    from kpod.models import load_student
 
     model, tokenizer = load_student(model_name)
     table = model.get_input_embeddings().weight.detach().float()

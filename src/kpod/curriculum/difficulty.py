@@ -11,15 +11,15 @@ import logging
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from kpod.artifacts import RunPaths, rationale_key, read_rationales, read_weights, write_json, write_jsonl
 from kpod.config import KPODConfig
 from kpod.rationale import step_char_spans
-from kpod.student.data import DistillCollator, DistillExample, encode_example
-from kpod.student.load import is_seq2seq, load_student
-from kpod.weighting.offsets import map_weights
+from kpod.layout import DistillCollator, DistillExample, encode_example, source_target_item, token_nll
+from kpod.models import is_seq2seq, load_student
+from kpod.parallel import map_across_processes, process_state
+from kpod.token_weights import map_weights
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +43,17 @@ def step_difficulties(nll: np.ndarray, offsets: list[tuple[int, int]], in_ration
 
 
 def compute_difficulties(cfg: KPODConfig) -> dict:
-    from accelerate import PartialState
-    from accelerate.utils import gather_object
-
     paths = RunPaths(cfg.run_dir)
     rows = read_rationales(paths.rationales("train"), include_incorrect=True)
     weights = read_weights(paths.weights) if cfg.difficulty.use_weights else {}
     examples = [DistillExample(rationale_key(r), r["question"], r["gold"], r["steps"], weights.get(rationale_key(r))) for r in rows]
     model, tokenizer = load_student(cfg.student.model, cfg.student.dtype)
-    state = PartialState(cpu=not torch.cuda.is_available())  # gloo across CPU processes under torchrun
+    state = process_state()
     model.to(state.device)
     seq2seq = is_seq2seq(model)
-    with state.split_between_processes(list(range(len(examples)))) as mine:
-        scored = score_examples(model, tokenizer, [examples[i] for i in mine], cfg, seq2seq, state.is_local_main_process)
-        local = list(zip(mine, scored))
-    by_index = dict(gather_object(local) if state.num_processes > 1 else local)
-    out_rows = [{"key": examples[i].key, "difficulties": by_index[i]} for i in range(len(examples))]
+    scored = map_across_processes(
+        state, lambda mine: score_examples(model, tokenizer, mine, cfg, seq2seq, state.is_local_main_process), examples)
+    out_rows = [{"key": e.key, "difficulties": d} for e, d in zip(examples, scored)]
     summary = {"rationales": len(out_rows), "steps": sum(len(r["difficulties"]) for r in out_rows),
                "used_weights": cfg.difficulty.use_weights,
                "mean_step_difficulty": float(np.mean([d for r in out_rows for d in r["difficulties"]] or [0.0])),
@@ -85,23 +80,14 @@ def score_examples(model, tokenizer, examples: list[DistillExample], cfg: KPODCo
 def _batch_nll(model, tokenizer, examples: list[DistillExample], cfg: KPODConfig, seq2seq: bool):
     encoded = [encode_example(e, 0, tokenizer, seq2seq, cfg.student.max_input_tokens, cfg.student.max_target_tokens)
                for e in examples]
-    collator = DistillCollator(tokenizer.pad_token_id, seq2seq)
-    if seq2seq:
-        items = [{"input_ids": e.source_ids, "labels": e.target_ids, "token_weights": []} for e in encoded]
-    else:
-        items = [{"input_ids": e.source_ids + e.target_ids, "labels": [-100] * len(e.source_ids) + e.target_ids,
-                  "token_weights": []} for e in encoded]
-    batch = collator(items)
+    batch = DistillCollator(tokenizer.pad_token_id, seq2seq)(
+        [source_target_item(e.source_ids, e.target_ids, seq2seq) for e in encoded])
     device = next(model.parameters()).device
     model.eval()
-    if seq2seq:
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                       labels=batch["labels"].to(device)).logits
-        labels = batch["labels"].to(device)
-    else:
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits[:, :-1]
-        labels = batch["labels"][:, 1:].to(device)
-    nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none").cpu().numpy()
+    labels = batch["labels"].to(device)
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                   **({"labels": labels} if seq2seq else {})).logits
+    nll = token_nll(logits, labels, causal=not seq2seq).cpu().numpy()
     out = []
     for row, enc in zip(nll, encoded):
         n = len(enc.target_ids)

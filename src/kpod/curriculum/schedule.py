@@ -15,7 +15,6 @@ that contains the best-singleton rule (the empty prefix).
 from __future__ import annotations
 
 import bisect
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field

@@ -16,8 +16,9 @@ from transformers import TrainingArguments
 from kpod.artifacts import RunPaths, rationale_key, read_json, read_rationales, read_weights, write_json
 from kpod.config import KPODConfig
 from kpod.data.datasets import DataError, DatasetSplits
-from kpod.student.data import DistillCollator, DistillDataset, DistillExample
-from kpod.student.load import add_lora, is_seq2seq, load_student, save_trained_student
+from kpod.layout import DistillCollator, DistillExample
+from kpod.student.data import DistillDataset
+from kpod.models import add_lora, is_seq2seq, load_student, save_trained_student
 from kpod.student.trainer import DevAccuracyCallback, DistillTrainer, StageCallback
 
 log = logging.getLogger(__name__)

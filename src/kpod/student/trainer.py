@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
 from kpod.data.datasets import Question
-from kpod.evaluation.evaluate import evaluate_questions
+from kpod.decoding import evaluate_questions
 from kpod.student.data import DistillDataset
-from kpod.student.load import is_seq2seq, save_trained_student
+from kpod.models import is_seq2seq, save_trained_student
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kpod.rationale import step_char_spans
-
-ANSWER_CUE = " Therefore, the answer is"
-QUESTION_SEPARATOR = "\n"  # between the question and the rationale, for the reasoner and the judge
+from kpod.rationale import ANSWER_CUE, QUESTION_SEPARATOR, step_char_spans
 
 
 @dataclass

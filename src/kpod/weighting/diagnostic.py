@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from kpod.student.load import load_model, load_tokenizer
-from kpod.student.tiny import build_tiny_model
+from kpod.models import load_model, load_tokenizer
+from kpod.testing import build_tiny_model
 from kpod.weighting.data import PrefixCollator, WeightingItem
 from kpod.weighting.module import KeypointModel, TokenWeighter
 from kpod.weighting.train import export_weights, fit_keypoint_model

@@ -19,13 +19,13 @@ import statistics
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from kpod.artifacts import RunPaths, rationale_key, read_json, read_rationales, write_json
 from kpod.data.datasets import DataError, read_jsonl
-from kpod.student.load import is_seq2seq, load_model, load_tokenizer
-from kpod.weighting.data import ANSWER_CUE, QUESTION_SEPARATOR
+from kpod.layout import DistillCollator, source_target_item, token_nll
+from kpod.models import is_seq2seq, load_model, load_tokenizer
+from kpod.rationale import ANSWER_CUE, QUESTION_SEPARATOR
 
 VARIANTS = ("top", "bottom", "heuristic", "random")
 
@@ -71,32 +71,12 @@ class Judge:
         out = []
         for start in range(0, len(rows), self.batch_size):
             encoded = [self._encode(*row) for row in rows[start : start + self.batch_size]]
-            out.extend(self._seq2seq_nll(encoded) if self.seq2seq else self._causal_nll(encoded))
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            batch = DistillCollator(pad, self.seq2seq)([source_target_item(*pair, self.seq2seq) for pair in encoded])
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                **({"labels": batch["labels"]} if self.seq2seq else {})).logits
+            out.extend(token_nll(logits, batch["labels"], causal=not self.seq2seq).sum(1).tolist())
         return out
-
-    def _causal_nll(self, encoded) -> list[float]:
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        longest = max(len(s) + len(a) for s, a in encoded)
-        ids = torch.full((len(encoded), longest), pad)
-        mask = torch.zeros_like(ids)
-        labels = torch.full_like(ids, -100)
-        for row, (source, answer) in enumerate(encoded):
-            seq = source + answer
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-            labels[row, len(source) : len(seq)] = torch.tensor(answer)
-        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        nll = F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none")
-        return nll.sum(1).tolist()
-
-    def _seq2seq_nll(self, encoded) -> list[float]:
-        pad = self.tokenizer.pad_token_id
-        src_len, tgt_len = max(len(s) for s, _ in encoded), max(len(a) for _, a in encoded)
-        ids = torch.tensor([s + [pad] * (src_len - len(s)) for s, _ in encoded])
-        labels = torch.tensor([a + [-100] * (tgt_len - len(a)) for _, a in encoded])
-        logits = self.model(input_ids=ids, attention_mask=(ids != pad).long(), labels=labels).logits.float()
-        nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-        return nll.sum(1).tolist()
 
 
 def deletion_texts(rationale: str, tokens: list[str], offsets: list[list[int]], weights: list[float], fraction: float,

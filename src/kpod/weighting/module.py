@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kpod.student.load import is_seq2seq
+from kpod.models import is_seq2seq
 
 Estimator = Literal["straight_through", "score_function"]
 ReasonerInput = Literal["contextual", "token", "reasoner_tokens"]

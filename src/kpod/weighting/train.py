@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from kpod.artifacts import RunPaths, rationale_key, read_rationales, write_json, write_jsonl
 from kpod.config import KPODConfig
-from kpod.student.load import add_lora, is_seq2seq, load_model, load_tokenizer
+from kpod.models import add_lora, is_seq2seq, load_model, load_tokenizer
 from kpod.weighting.data import PrefixCollator, WeightingItem
 from kpod.weighting.module import KeypointModel, TokenWeighter
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
-from kpod.student.load import load_tokenizer
+from kpod.models import load_tokenizer
 
 
 def build_tiny_model(kind: str, tokenizer_dir: str | Path, out_dir: str | Path, hidden: int = 64, layers: int = 2,

@@ -3,8 +3,8 @@ import pytest
 from kpod import pipeline
 from kpod.config import load_config
 from kpod.data import Question
-from kpod.evaluation.evaluate import clean_generation, evaluate_questions, generate
-from kpod.student.load import load_student
+from kpod.decoding import clean_generation, evaluate_questions, greedy_continuations
+from kpod.models import load_student
 
 
 def test_clean_generation_cuts_at_answer_and_next_question():
@@ -18,8 +18,8 @@ def test_batched_generation_equals_one_at_a_time(request, fixture):
     model, tokenizer = load_student(str(request.getfixturevalue(fixture)))
     prompts = ["Q: What is 2 + 3? A: Let's think step by step.", "Q: Tom has four apples and buys a few more. A: ...",
                "Q: x A:"]
-    assert generate(model, tokenizer, prompts, 6, batch_size=3, progress=False) == \
-        [generate(model, tokenizer, [p], 6, batch_size=1, progress=False)[0] for p in prompts]
+    assert greedy_continuations(model, tokenizer, prompts, 6, batch_size=3, progress=False) == \
+        [greedy_continuations(model, tokenizer, [p], 6, batch_size=1, progress=False)[0] for p in prompts]
 
 
 def test_metrics_and_predictions(tmp_path, tiny_llama):
@@ -62,3 +62,43 @@ def test_data_parallel_evaluation_gathers_in_order(tmp_path, tiny_llama):
     one, two = read("one"), read("two")
     assert [p["id"] for p in one] == [p["id"] for p in two] and len(one) == 7
     assert [p["raw_output"] for p in one] == [p["raw_output"] for p in two]
+
+
+def test_stopping_when_complete_keeps_what_clean_generation_keeps(data_dir):
+    """At the first token where a generation counts as complete, the cleaned text is already final: on
+    real GPT-3.5 rationales with the answer sentence a student writes, followed by chatter, a next
+    question, or nothing."""
+    from transformers import AutoTokenizer
+
+    from kpod.decoding import generation_complete
+    from kpod.teacher.importers import import_rationales
+    from kpod.data import load_dataset_splits
+    from kpod.rationale import answer_sentence
+
+    tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizers" / "llama")
+    questions = load_dataset_splits("svamp", data_dir).train
+    records, _ = import_rationales(data_dir / "splits_mcc_kd/SVAMP/train.json", questions, "mcc_kd")
+    tails = ["", "\nQ: Next question? A: Let's think. Therefore, the answer is 3.", " Then we are done. Really.",
+             " 5.5 more words\n\nand more"]
+    stopped_early = 0
+    for record, tail in zip(records[:120], tails * 30):
+        full = f" {record['raw']} {answer_sentence(record['gold'])}{tail}"
+        ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+        for n in range(1, len(ids) + 1):
+            prefix = tokenizer.decode(ids[:n])
+            if generation_complete(prefix):
+                assert clean_generation(prefix) == clean_generation(tokenizer.decode(ids)), (prefix, full)
+                stopped_early += n < len(ids)
+                break
+    assert stopped_early == 90  # all but those that end with their answer sentence
+
+
+def test_generation_complete_needs_a_finished_sentence():
+    from kpod.decoding import generation_complete
+
+    assert not generation_complete("So the answer is 5")
+    assert not generation_complete("So the answer is 5.")  # could still be 5.5
+    assert generation_complete("So the answer is 5. ")
+    assert generation_complete("So the answer is 5\n")
+    assert generation_complete("It is 7.\nQ: ")
+    assert not generation_complete("It is 7. Next")

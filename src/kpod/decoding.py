@@ -1,0 +1,109 @@
+"""Student decoding: batched greedy generation (left padding for causal LMs) and answer extraction.
+
+Under `accelerate launch` the questions are split across processes and the predictions gathered
+back in order.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from kpod.data.datasets import Question
+from kpod.models import is_seq2seq
+from kpod.parallel import map_across_processes, process_state
+from kpod.rationale import ANSWER_TRIGGER, answers_match, extract_answer, format_prompt
+
+_NEXT_QUESTION = re.compile(r"\n\s*Q:|\sQ: ")
+_ANSWER_END = re.compile(ANSWER_TRIGGER + r"[^\n]*?(?:\.(?=\s|$)|\n|$)", re.IGNORECASE)
+
+
+def clean_generation(text: str) -> str:
+    """Cut a generation where the model starts a new question, or after its first answer sentence."""
+    cut = _NEXT_QUESTION.search(text)
+    if cut:
+        text = text[: cut.start()]
+    end = _ANSWER_END.search(text)
+    return text[: end.end()].strip() if end else text.strip()
+
+
+_ANSWER_COMPLETE = re.compile(ANSWER_TRIGGER + r"[^\n]*?(?:\.\s|\n)", re.IGNORECASE)
+
+
+def generation_complete(text: str) -> bool:
+    """True once more text cannot change clean_generation(text): the answer sentence has ended (a
+    full stop followed by a space, or a newline) or a new question has begun."""
+    return bool(_NEXT_QUESTION.search(text) or _ANSWER_COMPLETE.search(text))
+
+
+class StopWhenComplete(StoppingCriteria):
+    """Ends each sequence of a batch as soon as its text is complete, so a student that keeps talking
+    after its answer (or a base model writing the next question) does not hold the batch to max_new_tokens."""
+
+    def __init__(self, tokenizer, prompt_length: int):
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        return torch.tensor([generation_complete(t) for t in texts], dtype=torch.bool, device=input_ids.device)
+
+
+@torch.no_grad()
+def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, batch_size: int = 16,
+                         progress: bool = True, desc: str = "generate", stop_when_complete: bool = True) -> list[str]:
+    """Greedy continuations of `prompts`, in order, batched. stop_when_complete: end each one once its
+    answer sentence is complete (what clean_generation keeps is then the same, computed sooner)."""
+    seq2seq = is_seq2seq(model)
+    was_training = model.training
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "right" if seq2seq else "left"
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
+    outputs: dict[int, str] = {}
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+            idx = order[start : start + batch_size]
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
+            prompt_length = 0 if seq2seq else enc["input_ids"].shape[1]
+            stopping = StoppingCriteriaList([StopWhenComplete(tokenizer, prompt_length)] if stop_when_complete else [])
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                 stopping_criteria=stopping)
+            out = out[:, prompt_length:]
+            for i, text in zip(idx, tokenizer.batch_decode(out, skip_special_tokens=True)):
+                outputs[i] = text
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return [outputs[i] for i in range(len(prompts))]
+
+
+def evaluate_questions(model, tokenizer, questions: list[Question], max_new_tokens: int = 256, batch_size: int = 16,
+                       progress: bool = True) -> tuple[dict, list[dict]]:
+    """(metrics, predictions). Data-parallel when several processes run under accelerate/torchrun."""
+    state = process_state()
+    if next(model.parameters()).device != state.device:
+        model.to(state.device)
+    prompts = [format_prompt(q.question) for q in questions]
+    texts = map_across_processes(state, lambda mine: greedy_continuations(
+        model, tokenizer, mine, max_new_tokens, batch_size, progress and state.is_local_main_process, desc="evaluate"),
+        prompts)
+    predictions = []
+    for i, question in enumerate(questions):
+        raw = texts[i]
+        cleaned = clean_generation(raw)
+        pred = extract_answer(cleaned, question.task, question.choices)
+        predictions.append({"id": question.id, "question": question.question, "gold": question.answer,
+                            "prediction": pred, "correct": answers_match(pred, question.answer, question.task),
+                            "answer_sentence": ANSWER_TRIGGER in cleaned.lower(), "output": cleaned, "raw_output": raw})
+    n = len(predictions)
+    correct = sum(p["correct"] for p in predictions)
+    metrics = {"accuracy": 100.0 * correct / n if n else 0.0, "correct": correct, "total": n,
+               "answer_found": sum(p["prediction"] is not None for p in predictions),
+               "answer_sentence": sum(p["answer_sentence"] for p in predictions)}
+    return metrics, predictions

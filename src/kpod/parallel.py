@@ -1,0 +1,27 @@
+"""Data parallelism for inference: under `accelerate launch` / `torchrun` each process takes a share
+of the items and every process gets all results back, in order; alone, it is a plain call."""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+import torch
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def process_state():
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())  # gloo across CPU processes under torchrun
+
+
+def map_across_processes(state, run: Callable[[list[Item]], list[Result]], items: list[Item]) -> list[Result]:
+    """run(this process's share of items) -> one result per item; returns the results of all items."""
+    from accelerate.utils import gather_object
+
+    with state.split_between_processes(list(range(len(items)))) as mine:
+        local = list(zip(mine, run([items[i] for i in mine])))
+    by_index = dict(gather_object(local) if state.num_processes > 1 else local)
+    return [by_index[i] for i in range(len(items))]
