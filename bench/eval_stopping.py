@@ -33,13 +33,18 @@ def main() -> None:
     seconds, outputs = {}, {}
     for stop in (False, True):
         start = time.perf_counter()
-        texts = greedy_continuations(model, tokenizer, prompts, args.max_new_tokens, args.batch_size, progress=False,
-                                     stop_when_complete=stop)
+        texts = greedy_continuations(
+            model, tokenizer, prompts, args.max_new_tokens, args.batch_size, progress=False, stop_when_complete=stop
+        )
         seconds[stop], outputs[stop] = time.perf_counter() - start, [clean_generation(t) for t in texts]
     same = sum(a == b for a, b in zip(outputs[False], outputs[True]))
-    print(f"{args.model}, {len(prompts)} SVAMP questions, max_new_tokens {args.max_new_tokens}, batch {args.batch_size}")
-    print(f"to max_new_tokens: {seconds[False]:.1f} s; stop when complete: {seconds[True]:.1f} s; "
-          f"ratio {seconds[False] / seconds[True]:.2f}x; cleaned outputs identical: {same}/{len(prompts)}")
+    print(
+        f"{args.model}, {len(prompts)} SVAMP questions, max_new_tokens {args.max_new_tokens}, batch {args.batch_size}"
+    )
+    print(
+        f"to max_new_tokens: {seconds[False]:.1f} s; stop when complete: {seconds[True]:.1f} s; "
+        f"ratio {seconds[False] / seconds[True]:.2f}x; cleaned outputs identical: {same}/{len(prompts)}"
+    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ def main() -> None:
         records, unmatched = import_rationales(path, questions, fmt, split)
         found = sum(r["answer"] is not None for r in records)
         correct = sum(r["correct"] for r in records)
-        print(f"{name:<32}{len(records):>11}{unmatched:>10}{100 * found / len(records):>13.1f}%{100 * correct / len(records):>8.1f}%")
+        print(
+            f"{name:<32}{len(records):>11}{unmatched:>10}{100 * found / len(records):>13.1f}%{100 * correct / len(records):>8.1f}%"
+        )
         for r in [r for r in records if not r["correct"]][: args.show_misses]:
             print(f"   gold {r['gold']!r} got {r['answer']!r}: ...{r['raw'][-160:]!r}")
 

@@ -21,8 +21,14 @@ from kpod.teacher.openai_teacher import run_openai_teacher  # noqa: E402
 
 def timed(url: str, questions, concurrency: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(overrides={"output_dir": tmp, "teacher.base_url": url, "teacher.model": "fake",
-                                     "teacher.concurrency": concurrency})
+        cfg = load_config(
+            overrides={
+                "output_dir": tmp,
+                "teacher.base_url": url,
+                "teacher.model": "fake",
+                "teacher.concurrency": concurrency,
+            }
+        )
         start = time.perf_counter()
         records, summary = run_openai_teacher(cfg, questions, RunPaths(tmp), progress=False)
         seconds = time.perf_counter() - start

@@ -15,12 +15,37 @@ from kpod.student.trainer import shift_right, weighted_token_loss
 
 
 def models():
-    yield "flan-t5-large shape", T5ForConditionalGeneration(T5Config(
-        vocab_size=32128, d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_decoder_layers=24, num_heads=16,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0))
-    yield "llama 1B shape", LlamaForCausalLM(LlamaConfig(
-        vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-        num_key_value_heads=4, max_position_embeddings=2048))
+    yield (
+        "flan-t5-large shape",
+        T5ForConditionalGeneration(
+            T5Config(
+                vocab_size=32128,
+                d_model=1024,
+                d_kv=64,
+                d_ff=2816,
+                num_layers=24,
+                num_decoder_layers=24,
+                num_heads=16,
+                feed_forward_proj="gated-gelu",
+                tie_word_embeddings=False,
+                decoder_start_token_id=0,
+            )
+        ),
+    )
+    yield (
+        "llama 1B shape",
+        LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=32000,
+                hidden_size=2048,
+                intermediate_size=5632,
+                num_hidden_layers=22,
+                num_attention_heads=32,
+                num_key_value_heads=4,
+                max_position_embeddings=2048,
+            )
+        ),
+    )
 
 
 def step(model, batch, kpod: bool) -> torch.Tensor:
@@ -64,8 +89,10 @@ def main() -> None:
             seconds = (time.perf_counter() - start) / args.steps
             tokens = args.batch * args.length * (2 if model.config.is_encoder_decoder else 1)
             mfu = 6 * params * args.batch * args.length / seconds / (args.peak_tflops * 1e12)
-            print(f"{name:<20} {'kpod' if kpod else 'plain':<6} {tokens / seconds:>10.0f} tokens/s  MFU {100 * mfu:5.1f}%  "
-                  f"peak mem {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+            print(
+                f"{name:<20} {'kpod' if kpod else 'plain':<6} {tokens / seconds:>10.0f} tokens/s  MFU {100 * mfu:5.1f}%  "
+                f"peak mem {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+            )
         del model, optimizer
         torch.cuda.empty_cache()
 

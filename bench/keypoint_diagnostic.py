@@ -27,7 +27,9 @@ def main() -> None:
     tokenizer = Path(os.environ.get("KPOD_DATA_DIR", "../shared/data")) / "tokenizers" / "llama"
     extra = {} if args.alpha is None else {"alpha": args.alpha}
     settings = [("default", {}, seed) for seed in args.seeds] + [("paper", PAPER, args.seeds[0])]
-    print("| setting | seed | answer loss after warm-up | mean w needed | unselected operand | filler | ROC AUC | seconds |")
+    print(
+        "| setting | seed | answer loss after warm-up | mean w needed | unselected operand | filler | ROC AUC | seconds |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     aucs = []
     for name, options, seed in settings:
@@ -36,8 +38,11 @@ def main() -> None:
         seconds = time.perf_counter() - start
         if name == "default":
             aucs.append(r["roc_auc"])
-        print(f"| {name} | {seed} | {r['answer_loss_after_warmup']:.2f} | {r['mean_w_needed']:.3f} | "
-              f"{r['mean_w_unselected_operand']:.3f} | {r['mean_w_filler']:.3f} | {r['roc_auc']:.3f} | {seconds:.0f} |", flush=True)
+        print(
+            f"| {name} | {seed} | {r['answer_loss_after_warmup']:.2f} | {r['mean_w_needed']:.3f} | "
+            f"{r['mean_w_unselected_operand']:.3f} | {r['mean_w_filler']:.3f} | {r['roc_auc']:.3f} | {seconds:.0f} |",
+            flush=True,
+        )
     print(f"default setting, ROC AUC over {len(aucs)} seeds: min {min(aucs):.3f}, mean {sum(aucs) / len(aucs):.3f}")
 
 

@@ -64,12 +64,28 @@ def main() -> None:
     if not teacher_file.is_file():
         print(f"{first_correct_rationales(root, teacher_file)} questions have a correct GPT-3.5 rationale")
     common = [
-        "dataset=svamp", "student.model=smollm2", "teacher.kind=file", f"teacher.import_path={teacher_file}",
-        f"data.max_train_questions={args.questions}", f"train.epochs={args.epochs}", f"train.learning_rate={args.lr}",
-        f"seed={args.seed}", "train.eval_every=0", "train.batch_size=4", "student.lora_r=16", "student.lora_alpha=32",
-        "student.max_input_tokens=320", "student.max_target_tokens=256", f"eval.max_new_tokens={args.max_new_tokens}",
-        "eval.batch_size=16", "weighting.reasoner_lora=true", "weighting.epochs=1", "weighting.prefixes=sample:2",
-        "weighting.gradient_checkpointing=true", "weighting.max_rationale_tokens=192", "weighting.max_question_tokens=96",
+        "dataset=svamp",
+        "student.model=smollm2",
+        "teacher.kind=file",
+        f"teacher.import_path={teacher_file}",
+        f"data.max_train_questions={args.questions}",
+        f"train.epochs={args.epochs}",
+        f"train.learning_rate={args.lr}",
+        f"seed={args.seed}",
+        "train.eval_every=0",
+        "train.batch_size=4",
+        "student.lora_r=16",
+        "student.lora_alpha=32",
+        "student.max_input_tokens=320",
+        "student.max_target_tokens=256",
+        f"eval.max_new_tokens={args.max_new_tokens}",
+        "eval.batch_size=16",
+        "weighting.reasoner_lora=true",
+        "weighting.epochs=1",
+        "weighting.prefixes=sample:2",
+        "weighting.gradient_checkpointing=true",
+        "weighting.max_rationale_tokens=192",
+        "weighting.max_question_tokens=96",
     ]
     results = []
     for name in args.arms.split(","):
@@ -87,12 +103,18 @@ def main() -> None:
         if not timing_file.is_file() or took > 60:  # keep the time of the run that did the work
             timing_file.write_text(json.dumps({"seconds": took}))
         results.append((name, metrics, json.loads(timing_file.read_text())["seconds"]))
-        print(f"{name}: {metrics['accuracy']:.2f}% ({metrics['correct']}/{metrics['total']}) in {took:.0f} s", flush=True)
-    print(f"\nSVAMP test (150), SmolLM2-135M-Instruct + LoRA r=16, {args.questions} training questions, "
-          f"{args.epochs} epochs, lr {args.lr}, seed {args.seed}")
+        print(
+            f"{name}: {metrics['accuracy']:.2f}% ({metrics['correct']}/{metrics['total']}) in {took:.0f} s", flush=True
+        )
+    print(
+        f"\nSVAMP test (150), SmolLM2-135M-Instruct + LoRA r=16, {args.questions} training questions, "
+        f"{args.epochs} epochs, lr {args.lr}, seed {args.seed}"
+    )
     print("| arm | accuracy | correct | answer sentence | wall time (s) |\n|---|---|---|---|---|")
     for name, m, seconds in results:
-        print(f"| {name} | {m['accuracy']:.2f}% | {m['correct']}/{m['total']} | {m['answer_sentence']} | {seconds:.0f} |")
+        print(
+            f"| {name} | {m['accuracy']:.2f}% | {m['correct']}/{m['total']} | {m['answer_sentence']} | {seconds:.0f} |"
+        )
 
 
 if __name__ == "__main__":

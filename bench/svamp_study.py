@@ -25,12 +25,13 @@ import shutil
 import time
 from pathlib import Path
 
+from svamp_smollm2 import first_correct_rationales  # bench/ is on sys.path when run as a script
+
 from kpod import pipeline
 from kpod.artifacts import RunPaths
 from kpod.config import load_config
 from kpod.data.datasets import read_jsonl
 from kpod.weighting.faithfulness import measure_faithfulness
-from svamp_smollm2 import first_correct_rationales  # bench/ is on sys.path when run as a script
 
 ARMS = {
     "base": [],
@@ -91,14 +92,28 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         print(f"{first_correct_rationales(root, teacher_file, args.questions)} questions with a correct rationale")
     common = [
-        "dataset=svamp", "student.model=smollm2", "teacher.kind=file", f"teacher.import_path={teacher_file}",
-        f"train.epochs={args.epochs}", f"schedule.stages={args.stages}", f"train.learning_rate={args.lr}",
-        "train.eval_every=0", "train.batch_size=4", "student.lora_r=16", "student.lora_alpha=32",
-        "student.max_input_tokens=320", "student.max_target_tokens=256", f"eval.max_new_tokens={args.max_new_tokens}",
-        "eval.batch_size=16", "weighting.max_rationale_tokens=192", "weighting.max_question_tokens=96",
+        "dataset=svamp",
+        "student.model=smollm2",
+        "teacher.kind=file",
+        f"teacher.import_path={teacher_file}",
+        f"train.epochs={args.epochs}",
+        f"schedule.stages={args.stages}",
+        f"train.learning_rate={args.lr}",
+        "train.eval_every=0",
+        "train.batch_size=4",
+        "student.lora_r=16",
+        "student.lora_alpha=32",
+        "student.max_input_tokens=320",
+        "student.max_target_tokens=256",
+        f"eval.max_new_tokens={args.max_new_tokens}",
+        "eval.batch_size=16",
+        "weighting.max_rationale_tokens=192",
+        "weighting.max_question_tokens=96",
     ]
     judge_cache_file = out / "judge_cache.json"
-    judge_cache = {tuple(k): v for k, v in json.loads(judge_cache_file.read_text())} if judge_cache_file.is_file() else {}
+    judge_cache = (
+        {tuple(k): v for k, v in json.loads(judge_cache_file.read_text())} if judge_cache_file.is_file() else {}
+    )
     for item in args.plan.split(","):
         arm, seed = item.split(":")
         name = f"{arm}-s{seed}"
@@ -129,10 +144,15 @@ def main() -> None:
         if not seconds_file.is_file() or took > 60:  # keep the time of the call that did the work
             seconds_file.write_text(json.dumps({"seconds": took}))
         shutil.copy(seconds_file, csv_dir / name / "seconds.json")
-        accuracies = {e: json.loads((RunPaths(run_dir).eval_dir(e) / "metrics.json").read_text())["accuracy"]
-                      for e in ("test", "dev", "test-asdiv")}
-        print(f"{name}: SVAMP test {accuracies['test']:.2f}%, dev {accuracies['dev']:.2f}%, "
-              f"ASDiv test {accuracies['test-asdiv']:.2f}% ({took:.0f} s)", flush=True)
+        accuracies = {
+            e: json.loads((RunPaths(run_dir).eval_dir(e) / "metrics.json").read_text())["accuracy"]
+            for e in ("test", "dev", "test-asdiv")
+        }
+        print(
+            f"{name}: SVAMP test {accuracies['test']:.2f}%, dev {accuracies['dev']:.2f}%, "
+            f"ASDiv test {accuracies['test-asdiv']:.2f}% ({took:.0f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -23,9 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-
-PAPER_WEIGHTING = {"weighting.estimator": "straight_through", "weighting.masking": "embedding",
-                   "weighting.reasoner_input": "contextual", "weighting.freeze_reasoner": False, "weighting.reasoner_lora": True}
+PAPER_WEIGHTING = {
+    "weighting.estimator": "straight_through",
+    "weighting.masking": "embedding",
+    "weighting.reasoner_input": "contextual",
+    "weighting.freeze_reasoner": False,
+    "weighting.reasoner_lora": True,
+}
 
 
 def arm(name: str, model: str, n: int, work: Path) -> dict:
@@ -36,18 +40,29 @@ def arm(name: str, model: str, n: int, work: Path) -> dict:
     from kpod.artifacts import RunPaths
     from kpod.config import load_config
     from kpod.layout import DistillCollator
-    from kpod.student.data import DistillDataset
     from kpod.models import add_lora, load_student
+    from kpod.student.data import DistillDataset
     from kpod.student.train import build_examples, training_arguments
 
     torch.manual_seed(0)
     run = work / "run"
-    cfg = load_config(overrides={"output_dir": str(run), "student.model": model, "teacher.kind": "reference",
-                                 "data.max_train_questions": n, "train.epochs": 2, "train.eval_every": 0,
-                                 "train.save_checkpoints": False, "student.lora_r": 16, "student.lora_alpha": 32,
-                                 "train.learning_rate": 1e-4, "train.logging_steps": 1000,
-                                 "method": "std-cot" if name in ("plain", "std-cot") else "kpod",
-                                 **(PAPER_WEIGHTING if name == "weighting-st" else {})})
+    cfg = load_config(
+        overrides={
+            "output_dir": str(run),
+            "student.model": model,
+            "teacher.kind": "reference",
+            "data.max_train_questions": n,
+            "train.epochs": 2,
+            "train.eval_every": 0,
+            "train.save_checkpoints": False,
+            "student.lora_r": 16,
+            "student.lora_alpha": 32,
+            "train.learning_rate": 1e-4,
+            "train.logging_steps": 1000,
+            "method": "std-cot" if name in ("plain", "std-cot") else "kpod",
+            **(PAPER_WEIGHTING if name == "weighting-st" else {}),
+        }
+    )
     pipeline.generate(cfg)
     if name in ("kpod", "weighting", "weighting-st"):
         start = time.perf_counter()
@@ -62,18 +77,29 @@ def arm(name: str, model: str, n: int, work: Path) -> dict:
     student = add_lora(student, 16, 32, 0.05, "all-linear")
     seq2seq = student.config.is_encoder_decoder
     dataset = DistillDataset(examples, tokenizer, seq2seq, 512, 384)
-    tokens = sum(len([t for t in dataset[i]["labels"] if t != -100]) + len(dataset[i]["input_ids"]) for i in range(len(dataset)))
+    tokens = sum(
+        len([t for t in dataset[i]["labels"] if t != -100]) + len(dataset[i]["input_ids"]) for i in range(len(dataset))
+    )
     args = training_arguments(cfg, RunPaths(run))
     if name == "plain":
         items = [{k: v for k, v in dataset[i].items()} for i in range(len(dataset))]
         collate = DistillCollator(tokenizer.pad_token_id, seq2seq)
-        trainer = Trainer(model=student, args=args, train_dataset=items,
-                          data_collator=lambda b: {k: v for k, v in collate(b).items() if k != "token_weights"})
+        trainer = Trainer(
+            model=student,
+            args=args,
+            train_dataset=items,
+            data_collator=lambda b: {k: v for k, v in collate(b).items() if k != "token_weights"},
+        )
     else:
         from kpod.student.trainer import DistillTrainer, StageCallback
 
-        trainer = DistillTrainer(model=student, args=args, train_dataset=dataset,
-                                 data_collator=DistillCollator(tokenizer.pad_token_id, seq2seq), callbacks=[StageCallback(dataset)])
+        trainer = DistillTrainer(
+            model=student,
+            args=args,
+            train_dataset=dataset,
+            data_collator=DistillCollator(tokenizer.pad_token_id, seq2seq),
+            callbacks=[StageCallback(dataset)],
+        )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -97,15 +123,25 @@ def main() -> None:
     from kpod.testing import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or str(build_tiny_model("llama", Path(os.environ.get("KPOD_DATA_DIR", "../shared/data")) / "tokenizers/llama",
-                                                   Path(tmp) / "tiny", hidden=256, layers=4))
+        model = args.model or str(
+            build_tiny_model(
+                "llama",
+                Path(os.environ.get("KPOD_DATA_DIR", "../shared/data")) / "tokenizers/llama",
+                Path(tmp) / "tiny",
+                hidden=256,
+                layers=4,
+            )
+        )
         results = {}
         for name in ("plain", "std-cot", "kpod", "weighting", "weighting-st"):
             work = Path(tmp) / name
             work.mkdir()
-            out = subprocess.run([sys.executable, __file__, "--arm", name, "--model", model, "--n", str(args.n), "--work", str(work)],
-                                 capture_output=True, text=True)
-            line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+            out = subprocess.run(
+                [sys.executable, __file__, "--arm", name, "--model", model, "--n", str(args.n), "--work", str(work)],
+                capture_output=True,
+                text=True,
+            )
+            line = next((row for row in out.stdout.splitlines() if row.startswith("RESULT ")), None)
             if line is None:
                 raise SystemExit(out.stderr[-3000:])
             results[name] = json.loads(line[7:])
@@ -113,12 +149,16 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name:<10} {r['seconds']:7.1f} s   peak RSS {r['peak_rss_mb']:7.0f} MB")
     plain, std, kpod, weighting = (results[k]["seconds"] for k in ("plain", "std-cot", "kpod", "weighting"))
-    print(f"std-cot / plain Trainer time: {std / plain:.3f}   "
-          f"(tokens/s {results['plain']['tokens_epoch_full'] * 2 / plain:.0f} vs {results['std-cot']['tokens_epoch_full'] * 2 / std:.0f})")
+    print(
+        f"std-cot / plain Trainer time: {std / plain:.3f}   "
+        f"(tokens/s {results['plain']['tokens_epoch_full'] * 2 / plain:.0f} vs {results['std-cot']['tokens_epoch_full'] * 2 / std:.0f})"
+    )
     print(f"KPOD (stage 0 + stage 1 epochs) / Std-CoT (2 epochs) time: {kpod / std:.3f}")
     print(f"token weighting per 1000 rationales / one Std-CoT epoch on 1000 rationales: {weighting / (std / 2):.2f}")
-    print(f"token weighting, paper setting (straight-through, joint LoRA reasoner) / default: "
-          f"{results['weighting-st']['seconds'] / weighting:.2f}")
+    print(
+        f"token weighting, paper setting (straight-through, joint LoRA reasoner) / default: "
+        f"{results['weighting-st']['seconds'] / weighting:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -15,11 +15,12 @@ import os
 import time
 from pathlib import Path
 
+from svamp_smollm2 import first_correct_rationales  # bench/ is on sys.path when run as a script
+
 from kpod import pipeline
 from kpod.artifacts import RunPaths
 from kpod.config import load_config
 from kpod.weighting.faithfulness import format_faithfulness, measure_faithfulness
-from svamp_smollm2 import first_correct_rationales  # bench/ is on sys.path when run as a script
 
 
 def main() -> None:
@@ -34,14 +35,26 @@ def main() -> None:
     root = Path(os.environ.get("KPOD_DATA_DIR", "../shared/data"))
     teacher_file = Path(args.out) / f"gpt35_first_correct_{args.train + args.heldout}.jsonl"
     if not teacher_file.is_file():
-        print(f"{first_correct_rationales(root, teacher_file, args.train + args.heldout)} questions with a correct rationale")
-    common = ["dataset=svamp", "student.model=smollm2", "teacher.kind=file", f"teacher.import_path={teacher_file}",
-              f"weighting.holdout={args.heldout}", "weighting.max_rationale_tokens=192", "weighting.max_question_tokens=96"]
+        print(
+            f"{first_correct_rationales(root, teacher_file, args.train + args.heldout)} questions with a correct rationale"
+        )
+    common = [
+        "dataset=svamp",
+        "student.model=smollm2",
+        "teacher.kind=file",
+        f"teacher.import_path={teacher_file}",
+        f"weighting.holdout={args.heldout}",
+        "weighting.max_rationale_tokens=192",
+        "weighting.max_question_tokens=96",
+    ]
     cache_file = Path(args.out) / "judge_cache.json"
     cache = {tuple(k): v for k, v in json.loads(cache_file.read_text())} if cache_file.is_file() else {}
     for seed in [int(s) for s in args.seeds.split(",")]:
-        cfg = load_config(overrides=common + args.overrides + [f"seed={seed}",
-                                                               f"output_dir={Path(args.out) / args.name / f'seed{seed}'}"])
+        cfg = load_config(
+            overrides=common
+            + args.overrides
+            + [f"seed={seed}", f"output_dir={Path(args.out) / args.name / f'seed{seed}'}"]
+        )
         paths = RunPaths(cfg.run_dir)
         if not paths.faithfulness.is_file():
             if not paths.rationales("train").is_file():
@@ -52,12 +65,22 @@ def main() -> None:
             start = time.time()
             measure_faithfulness(cfg.run_dir, progress=False, judge_cache=cache)
             cache_file.write_text(json.dumps([[list(k), v] for k, v in cache.items()]))
-            (cfg.run_dir / "bench_seconds.json").write_text(json.dumps(
-                {"weighting": weighting_seconds, "faithfulness": time.time() - start, "trained_on": summary["trained_on"]}))
+            (cfg.run_dir / "bench_seconds.json").write_text(
+                json.dumps(
+                    {
+                        "weighting": weighting_seconds,
+                        "faithfulness": time.time() - start,
+                        "trained_on": summary["trained_on"],
+                    }
+                )
+            )
         result = json.loads(paths.faithfulness.read_text())
         seconds = json.loads((cfg.run_dir / "bench_seconds.json").read_text())
-        print(f"\n## {args.name}, seed {seed} (weighting {seconds['weighting']:.0f} s on {seconds['trained_on']} rationales, "
-              f"deletion test {seconds['faithfulness']:.0f} s)\n{format_faithfulness(result)}", flush=True)
+        print(
+            f"\n## {args.name}, seed {seed} (weighting {seconds['weighting']:.0f} s on {seconds['trained_on']} rationales, "
+            f"deletion test {seconds['faithfulness']:.0f} s)\n{format_faithfulness(result)}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

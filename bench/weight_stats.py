@@ -22,9 +22,15 @@ def weight_stats(run_dir: Path) -> dict:
     numbers = [w for is_num, w in pairs if is_num]
     others = [w for is_num, w in pairs if not is_num]
     every = numbers + others
-    return {"rationales": len(rows), "tokens": len(every), "mean_w": statistics.mean(every), "sd_w": statistics.pstdev(every),
-            "mean_w_numbers_operators": statistics.mean(numbers), "mean_w_other": statistics.mean(others),
-            "roc_auc_numbers_vs_rest": roc_auc_score([1] * len(numbers) + [0] * len(others), every)}
+    return {
+        "rationales": len(rows),
+        "tokens": len(every),
+        "mean_w": statistics.mean(every),
+        "sd_w": statistics.pstdev(every),
+        "mean_w_numbers_operators": statistics.mean(numbers),
+        "mean_w_other": statistics.mean(others),
+        "roc_auc_numbers_vs_rest": roc_auc_score([1] * len(numbers) + [0] * len(others), every),
+    }
 
 
 def main() -> None:
@@ -32,9 +38,11 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     for run in parser.parse_args().runs:
         s = weight_stats(run)
-        print(f"{run}: {s['rationales']} rationales, {s['tokens']} tokens; mean w {s['mean_w']:.3f} (sd {s['sd_w']:.3f}); "
-              f"numbers/operators {s['mean_w_numbers_operators']:.3f} vs other tokens {s['mean_w_other']:.3f}; "
-              f"ROC AUC numbers vs rest {s['roc_auc_numbers_vs_rest']:.3f}")
+        print(
+            f"{run}: {s['rationales']} rationales, {s['tokens']} tokens; mean w {s['mean_w']:.3f} (sd {s['sd_w']:.3f}); "
+            f"numbers/operators {s['mean_w_numbers_operators']:.3f} vs other tokens {s['mean_w_other']:.3f}; "
+            f"ROC AUC numbers vs rest {s['roc_auc_numbers_vs_rest']:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -29,4 +29,6 @@ def tiny_t5(tmp_path_factory, data_dir) -> Path:
 def tiny_llama(tmp_path_factory, data_dir) -> Path:
     from kpod.testing import build_tiny_model
 
-    return build_tiny_model("llama", data_dir / "tokenizers" / "llama", tmp_path_factory.mktemp("models") / "tiny-llama")
+    return build_tiny_model(
+        "llama", data_dir / "tokenizers" / "llama", tmp_path_factory.mktemp("models") / "tiny-llama"
+    )

@@ -14,10 +14,14 @@ FAULTS = ("ok", "429", "500", "slow", "malformed", "drop")
 class FakeOpenAI:
     """fault(prompt, attempt) -> one of FAULTS decides each response; `answer(prompt)` the text."""
 
-    def __init__(self, fault=None, latency: float = 0.0, slow_seconds: float = 3.0, answer=None, status_on_all: int | None = None):
+    def __init__(
+        self, fault=None, latency: float = 0.0, slow_seconds: float = 3.0, answer=None, status_on_all: int | None = None
+    ):
         self.fault = fault or (lambda prompt, attempt: "ok")
         self.latency, self.slow_seconds = latency, slow_seconds
-        self.answer = answer or (lambda prompt: "First we add the numbers.\nThen we check.\nTherefore, the answer is 42.")
+        self.answer = answer or (
+            lambda prompt: "First we add the numbers.\nThen we check.\nTherefore, the answer is 42."
+        )
         self.status_on_all = status_on_all
         self.attempts: Counter = Counter()
         self.successes: Counter = Counter()
@@ -41,11 +45,16 @@ class FakeOpenAI:
                     attempt = outer.attempts[key]
                     outer.auth_headers.append(self.headers.get("authorization", ""))
                 if outer.status_on_all:
-                    return self._send(outer.status_on_all, {"error": {"message": "refused by the fake", "type": "invalid_request_error"}})
+                    return self._send(
+                        outer.status_on_all,
+                        {"error": {"message": "refused by the fake", "type": "invalid_request_error"}},
+                    )
                 fault = outer.fault(prompt, attempt)
                 time.sleep(outer.latency)
                 if fault == "429":
-                    return self._send(429, {"error": {"message": "slow down", "type": "rate_limit"}}, {"Retry-After": "0.05"})
+                    return self._send(
+                        429, {"error": {"message": "slow down", "type": "rate_limit"}}, {"Retry-After": "0.05"}
+                    )
                 if fault == "500":
                     return self._send(500, {"error": {"message": "boom", "type": "server_error"}})
                 if fault == "slow":
@@ -63,10 +72,20 @@ class FakeOpenAI:
                     self.wfile.write(raw)
                     return
                 text = outer.answer(prompt)
-                payload = {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": body["model"],
-                           "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-                           "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
-                                     "total_tokens": (len(prompt) + len(text)) // 4}}
+                payload = {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [
+                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                    ],
+                    "usage": {
+                        "prompt_tokens": len(prompt) // 4,
+                        "completion_tokens": len(text) // 4,
+                        "total_tokens": (len(prompt) + len(text)) // 4,
+                    },
+                }
                 if fault != "slow":
                     with outer.lock:
                         outer.successes[key] += 1

@@ -6,14 +6,32 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from kpod.cli import main, main_original
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--set", "data.max_train_questions=8", "--set", "data.max_eval_questions=3", "--set", "train.epochs=3",
-         "--set", "weighting.epochs=1", "--set", "eval.max_new_tokens=8", "--set", "train.eval_every=1",
-         "--set", "train.eval_questions=2", "--set", "student.lora_r=4", "--set", "teacher.kind=reference",
-         "--set", "student.max_target_tokens=256", "--quiet"]
+SMALL = [
+    "--set",
+    "data.max_train_questions=8",
+    "--set",
+    "data.max_eval_questions=3",
+    "--set",
+    "train.epochs=3",
+    "--set",
+    "weighting.epochs=1",
+    "--set",
+    "eval.max_new_tokens=8",
+    "--set",
+    "train.eval_every=1",
+    "--set",
+    "train.eval_questions=2",
+    "--set",
+    "student.lora_r=4",
+    "--set",
+    "teacher.kind=reference",
+    "--set",
+    "student.max_target_tokens=256",
+    "--quiet",
+]
 
 
 def test_original_interface_every_mode(tmp_path, tiny_t5, capsys):
@@ -22,8 +40,16 @@ def test_original_interface_every_mode(tmp_path, tiny_t5, capsys):
     for mode in ("generate", "train_token_weighting", "calculate_difficulties", "cluster", "train"):
         assert main_original(["--mode", mode] + common) == 0, mode
     assert main_original(["--mode", "evaluate", "--model_path", str(run / "student")] + common) == 0
-    for path in ["rationales/train.jsonl", "weights/weights.jsonl", "difficulty/difficulties.jsonl", "clusters/clusters.json",
-                 "schedule/schedule.json", "student/kpod_student.json", "eval/test/metrics.json", "eval/test/predictions.jsonl"]:
+    for path in [
+        "rationales/train.jsonl",
+        "weights/weights.jsonl",
+        "difficulty/difficulties.jsonl",
+        "clusters/clusters.json",
+        "schedule/schedule.json",
+        "student/kpod_student.json",
+        "eval/test/metrics.json",
+        "eval/test/predictions.jsonl",
+    ]:
         assert (run / path).is_file(), path
     metrics = json.loads((run / "eval/test/metrics.json").read_text())
     assert metrics["total"] == 3 and 0 <= metrics["accuracy"] <= 100
@@ -42,10 +68,20 @@ def test_original_interface_every_mode(tmp_path, tiny_t5, capsys):
 
 
 def test_full_pipeline_skips_finished_stages(tmp_path, tiny_llama, capsys):
-    args = ["full_pipeline", "--dataset", "gsm8k", "--model", str(tiny_llama), "--output-dir", str(tmp_path / "run")] + SMALL
+    args = [
+        "full_pipeline",
+        "--dataset",
+        "gsm8k",
+        "--model",
+        str(tiny_llama),
+        "--output-dir",
+        str(tmp_path / "run"),
+    ] + SMALL
     assert main(args) == 0
     manifest = json.loads((tmp_path / "run/stages.json").read_text())
-    assert {"generate", "train_token_weighting", "calculate_difficulties", "cluster", "train", "evaluate"} <= set(manifest)
+    assert {"generate", "train_token_weighting", "calculate_difficulties", "cluster", "train", "evaluate"} <= set(
+        manifest
+    )
     assert all(v == "skipped" for v in _last_result(main, args, capsys).values())
     # a changed setting reruns that stage and what depends on it
     changed = _last_result(main, args + ["--set", "schedule.beta=0"], capsys)
@@ -57,22 +93,51 @@ def _last_result(entry, args, capsys):
     capsys.readouterr()
     assert entry(args) == 0
     out = "\n" + capsys.readouterr().out
-    return json.loads(out[out.rindex("\n{\n"):])  # the CLI's result, after whatever the Trainer printed
+    return json.loads(out[out.rindex("\n{\n") :])  # the CLI's result, after whatever the Trainer printed
 
 
 def test_main_py_subprocess_and_errors(tmp_path, tiny_t5):
-    base = [sys.executable, str(ROOT / "main.py"), "--mode", "train", "--dataset", "gsm8k", "--model", str(tiny_t5),
-            "--output-dir", str(tmp_path / "empty")]
+    base = [
+        sys.executable,
+        str(ROOT / "main.py"),
+        "--mode",
+        "train",
+        "--dataset",
+        "gsm8k",
+        "--model",
+        str(tiny_t5),
+        "--output-dir",
+        str(tmp_path / "empty"),
+    ]
     out = subprocess.run(base, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2 and "rationales file not found" in out.stderr
     out = subprocess.run(base + ["--set", "train.epochz=2"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2 and "train.epochz" in out.stderr
-    out = subprocess.run([sys.executable, str(ROOT / "main.py"), "--mode", "evaluate", "--dataset", "mnist"],
-                         capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "--mode", "evaluate", "--dataset", "mnist"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 2 and "unknown dataset" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "kpod.cli", "generate", "--dataset", "svamp", "--set", "teacher.kind=openai",
-                          "--output-dir", str(tmp_path / "g")], capture_output=True, text=True, cwd=tmp_path,
-                         env={k: v for k, v in __import__("os").environ.items() if k != "OPENAI_API_KEY"})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kpod.cli",
+            "generate",
+            "--dataset",
+            "svamp",
+            "--set",
+            "teacher.kind=openai",
+            "--output-dir",
+            str(tmp_path / "g"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={k: v for k, v in __import__("os").environ.items() if k != "OPENAI_API_KEY"},
+    )
     assert out.returncode == 2 and "OPENAI_API_KEY" in out.stderr
 
 
@@ -87,9 +152,10 @@ def test_damaged_run_files_give_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "stages.json: damaged" in err and "delete it" in err and "Traceback" not in err
     (run / "stages.json").unlink()
+    import pytest
+
     from kpod.artifacts import read_json
     from kpod.data.datasets import DataError
-    import pytest
 
     with pytest.raises(DataError, match="schedule.json: damaged .*rerun `kpod cluster`"):
         read_json(run / "schedule/schedule.json", "delete it and rerun `kpod cluster`")
@@ -109,10 +175,18 @@ def test_same_config_same_files(tmp_path, tiny_llama):
 
     def run(name):
         folder = tmp_path / name
-        assert main(["full_pipeline", "--dataset", "gsm8k", "--model", str(tiny_llama), "--output-dir", str(folder)]
-                    + SMALL + ["--set", "train.eval_every=0"]) == 0
+        assert (
+            main(
+                ["full_pipeline", "--dataset", "gsm8k", "--model", str(tiny_llama), "--output-dir", str(folder)]
+                + SMALL
+                + ["--set", "train.eval_every=0"]
+            )
+            == 0
+        )
         files = ["weights/weights.jsonl", "schedule/schedule.json", "difficulty/difficulties.jsonl"]
-        files += sorted(str(f.relative_to(folder)) for f in (folder / "student").iterdir() if f.suffix in (".safetensors", ".json"))
+        files += sorted(
+            str(f.relative_to(folder)) for f in (folder / "student").iterdir() if f.suffix in (".safetensors", ".json")
+        )
         return {f: hashlib.sha256((folder / f).read_bytes()).hexdigest() for f in files}
 
     first, second = run("a"), run("b")

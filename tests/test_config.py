@@ -29,10 +29,17 @@ def test_yaml_and_overrides(tmp_path):
     assert str(c.run_dir) == "outputs/svamp/smollm2"
 
 
-@pytest.mark.parametrize("override,key", [
-    ("train.epochz=3", "train.epochz"), ("train.epochs=abc", "train.epochs"), ("schedule.c0_ratio=1.5", "schedule.c0_ratio"),
-    ("weighting.prefixes=foo", "weighting.prefixes"), ("method=distill", "method"), ("dataset=mnist", "dataset"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("train.epochz=3", "train.epochz"),
+        ("train.epochs=abc", "train.epochs"),
+        ("schedule.c0_ratio=1.5", "schedule.c0_ratio"),
+        ("weighting.prefixes=foo", "weighting.prefixes"),
+        ("method=distill", "method"),
+        ("dataset=mnist", "dataset"),
+    ],
+)
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(overrides=[override])

@@ -16,15 +16,22 @@ def test_clean_generation_cuts_at_answer_and_next_question():
 @pytest.mark.parametrize("fixture", ["tiny_t5", "tiny_llama"])
 def test_batched_generation_equals_one_at_a_time(request, fixture):
     model, tokenizer = load_student(str(request.getfixturevalue(fixture)))
-    prompts = ["Q: What is 2 + 3? A: Let's think step by step.", "Q: Tom has four apples and buys a few more. A: ...",
-               "Q: x A:"]
-    assert greedy_continuations(model, tokenizer, prompts, 6, batch_size=3, progress=False) == \
-        [greedy_continuations(model, tokenizer, [p], 6, batch_size=1, progress=False)[0] for p in prompts]
+    prompts = [
+        "Q: What is 2 + 3? A: Let's think step by step.",
+        "Q: Tom has four apples and buys a few more. A: ...",
+        "Q: x A:",
+    ]
+    assert greedy_continuations(model, tokenizer, prompts, 6, batch_size=3, progress=False) == [
+        greedy_continuations(model, tokenizer, [p], 6, batch_size=1, progress=False)[0] for p in prompts
+    ]
 
 
 def test_metrics_and_predictions(tmp_path, tiny_llama):
     model, tokenizer = load_student(str(tiny_llama))
-    questions = [Question("q1", "What is 1 + 1?", "2", "math"), Question("q2", "Pick one. Answer Choices: (A) x (B) y", "B", "choice", ["x", "y"])]
+    questions = [
+        Question("q1", "What is 1 + 1?", "2", "math"),
+        Question("q2", "Pick one. Answer Choices: (A) x (B) y", "B", "choice", ["x", "y"]),
+    ]
     metrics, predictions = evaluate_questions(model, tokenizer, questions, max_new_tokens=4, progress=False)
     assert metrics["total"] == 2 and metrics["accuracy"] == 100.0 * metrics["correct"] / 2
     assert [p["id"] for p in predictions] == ["q1", "q2"]
@@ -33,8 +40,15 @@ def test_metrics_and_predictions(tmp_path, tiny_llama):
 
 @pytest.mark.slow
 def test_smollm2_evaluates_five_gsm8k_questions(tmp_path):
-    cfg = load_config(overrides={"dataset": "gsm8k", "output_dir": str(tmp_path), "data.max_eval_questions": 5,
-                                 "eval.max_new_tokens": 96, "student.model": "smollm2"})
+    cfg = load_config(
+        overrides={
+            "dataset": "gsm8k",
+            "output_dir": str(tmp_path),
+            "data.max_eval_questions": 5,
+            "eval.max_new_tokens": 96,
+            "student.model": "smollm2",
+        }
+    )
     metrics = pipeline.evaluate(cfg, model_path="smollm2")
     assert metrics["total"] == 5 and metrics["answer_found"] >= 3
     assert (tmp_path / "eval/test/predictions.jsonl").read_text().count("\n") == 5
@@ -52,13 +66,31 @@ def test_data_parallel_evaluation_gathers_in_order(tmp_path, tiny_llama):
         "import sys\nfrom kpod import pipeline\nfrom kpod.config import load_config\n"
         f"cfg = load_config(overrides={{'output_dir': sys.argv[1], 'data.max_eval_questions': 7, 'eval.max_new_tokens': 6, "
         f"'eval.batch_size': 2, 'student.model': r'{tiny_llama}'}})\n"
-        "pipeline.evaluate(cfg, model_path=cfg.student.model)\n")
+        "pipeline.evaluate(cfg, model_path=cfg.student.model)\n"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=env, check=True, capture_output=True)
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-                          str(script), str(tmp_path / "two")], env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29541",
+            str(script),
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    read = lambda d: [json.loads(l) for l in (tmp_path / d / "eval/test/predictions.jsonl").read_text().splitlines()]
+
+    def read(d):
+        return [json.loads(line) for line in (tmp_path / d / "eval/test/predictions.jsonl").read_text().splitlines()]
+
     one, two = read("one"), read("two")
     assert [p["id"] for p in one] == [p["id"] for p in two] and len(one) == 7
     assert [p["raw_output"] for p in one] == [p["raw_output"] for p in two]
@@ -70,16 +102,20 @@ def test_stopping_when_complete_keeps_what_clean_generation_keeps(data_dir):
     question, or nothing."""
     from transformers import AutoTokenizer
 
-    from kpod.decoding import generation_complete
-    from kpod.teacher.importers import import_rationales
     from kpod.data import load_dataset_splits
+    from kpod.decoding import generation_complete
     from kpod.rationale import answer_sentence
+    from kpod.teacher.importers import import_rationales
 
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizers" / "llama")
     questions = load_dataset_splits("svamp", data_dir).train
     records, _ = import_rationales(data_dir / "splits_mcc_kd/SVAMP/train.json", questions, "mcc_kd")
-    tails = ["", "\nQ: Next question? A: Let's think. Therefore, the answer is 3.", " Then we are done. Really.",
-             " 5.5 more words\n\nand more"]
+    tails = [
+        "",
+        "\nQ: Next question? A: Let's think. Therefore, the answer is 3.",
+        " Then we are done. Really.",
+        " 5.5 more words\n\nand more",
+    ]
     stopped_early = 0
     for record, tail in zip(records[:120], tails * 30):
         full = f" {record['raw']} {answer_sentence(record['gold'])}{tail}"

@@ -21,42 +21,54 @@ def test_split_steps_joins_back_exactly(text):
 
 def test_split_steps_boundaries():
     assert split_steps("Mr. Smith has 3.5 apples. He buys 2 more!\nSo he has $9.96 now.  Done") == [
-        "Mr. Smith has 3.5 apples. ", "He buys 2 more!\n", "So he has $9.96 now.  ", "Done"]
+        "Mr. Smith has 3.5 apples. ",
+        "He buys 2 more!\n",
+        "So he has $9.96 now.  ",
+        "Done",
+    ]
     assert split_steps("It costs .3 dollars.") == ["It costs .3 dollars."]
     assert split_steps("Step 1.\n\n\nStep 2. ") == ["Step 1.\n\n\n", "Step 2. "]
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("So 4 + 5 = 9. Therefore, the answer is 9.", "9"),
-    ("The answer is $1,234.50.", "1234.5"),
-    ("She lost 5. Now she has -3 left", "-3"),
-    ("They made 2 dollars a day over the remaining 57 days.", "2"),
-    ("So they fill 108 x 58 = 6264 drums in 58 days.", "6264"),
-    ("The answer is 50%.", "50"),
-    ("It is 3/4 of the cake. The answer is 3/4", "0.75"),
-    ("The answer is (79 - 53).", "26"),
-    ("We get 12. Then 15", "15"),
-    ("the answer is 12.\n\nQ: another 7", "12"),
-    ("5-3 = 2", "2"),
-    ("nothing here", None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("So 4 + 5 = 9. Therefore, the answer is 9.", "9"),
+        ("The answer is $1,234.50.", "1234.5"),
+        ("She lost 5. Now she has -3 left", "-3"),
+        ("They made 2 dollars a day over the remaining 57 days.", "2"),
+        ("So they fill 108 x 58 = 6264 drums in 58 days.", "6264"),
+        ("The answer is 50%.", "50"),
+        ("It is 3/4 of the cake. The answer is 3/4", "0.75"),
+        ("The answer is (79 - 53).", "26"),
+        ("We get 12. Then 15", "15"),
+        ("the answer is 12.\n\nQ: another 7", "12"),
+        ("5-3 = 2", "2"),
+        ("nothing here", None),
+    ],
+)
 def test_extract_math(text, expected):
     assert extract_answer(text, "math") == expected
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("So the answer is (d) math problem.", "D"),
-    ("Therefore, the answer is B.", "B"),
-    ("A person would choose C", "C"),
-    ("I think they would open doors", "C"),
-    ("A man walked in.", None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("So the answer is (d) math problem.", "D"),
+        ("Therefore, the answer is B.", "B"),
+        ("A person would choose C", "C"),
+        ("I think they would open doors", "C"),
+        ("A man walked in.", None),
+    ],
+)
 def test_extract_choice(text, expected):
     assert extract_answer(text, "choice", ["annoy", "eat meat", "open doors", "need food", "jog"]) == expected
 
 
 def test_last_number_fallback():
-    assert extract_answer("They made 2 dollars a day over the remaining 57 days.", "math", fallback="last_number") == "57"
+    assert (
+        extract_answer("They made 2 dollars a day over the remaining 57 days.", "math", fallback="last_number") == "57"
+    )
 
 
 def test_answers_match_tolerance():

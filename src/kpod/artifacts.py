@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from kpod.data.datasets import DataError, read_jsonl
 from kpod.token_weights import TokenWeights
@@ -119,7 +119,9 @@ def read_rationales(path: Path, include_incorrect: bool = False) -> list[dict]:
         raise DataError(f"{path}: no rationales in the file")
     kept = [r for r in rows if include_incorrect or r.get("correct", True)]
     if not kept:
-        raise DataError(f"{path}: all {len(rows)} rationales are marked incorrect (set train.include_incorrect=true to use them)")
+        raise DataError(
+            f"{path}: all {len(rows)} rationales are marked incorrect (set train.include_incorrect=true to use them)"
+        )
     return kept
 
 

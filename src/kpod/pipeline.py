@@ -88,9 +88,16 @@ def generate(cfg: KPODConfig, split: str = "train") -> dict:
             records, summary = run_openai_teacher(cfg, questions, paths)
         write_jsonl(out, records)
         correct = sum(r["correct"] for r in records)
-        summary.update({"split": split, "questions": len(questions), "rationales": len(records), "correct": correct,
-                        "teacher_accuracy": 100.0 * correct / max(1, len(records)),
-                        "kept_for_training": correct if t.filter_incorrect else len(records)})
+        summary.update(
+            {
+                "split": split,
+                "questions": len(questions),
+                "rationales": len(records),
+                "correct": correct,
+                "teacher_accuracy": 100.0 * correct / max(1, len(records)),
+                "kept_for_training": correct if t.filter_incorrect else len(records),
+            }
+        )
         write_json(paths.root / "rationales" / f"{split}.summary.json", summary)
         log.info("wrote %d rationales (%d correct) to %s", len(records), correct, out)
         return summary
@@ -141,14 +148,25 @@ def evaluate(cfg: KPODConfig, model_path: str | None = None, split: str | None =
         questions = load_splits(cfg).split(split)
         if not questions:
             raise DataError(f"{cfg.dataset} has no {split} split with this split_source")
-        source = model_path or (str(paths.student) if (paths.student / "kpod_student.json").is_file() else cfg.student.model)
+        source = model_path or (
+            str(paths.student) if (paths.student / "kpod_student.json").is_file() else cfg.student.model
+        )
         model, tokenizer = load_student(source, cfg.student.dtype)
-        metrics, predictions = evaluate_questions(model, tokenizer, questions, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        metrics, predictions = evaluate_questions(
+            model, tokenizer, questions, cfg.eval.max_new_tokens, cfg.eval.batch_size
+        )
         metrics.update({"model": source, "split": split, "dataset": cfg.dataset})
         folder = paths.eval_dir(split if tag is None else f"{split}-{tag}")
         write_eval(folder, metrics, predictions)
-        log.info("%s on %s/%s: accuracy %.2f%% (%d/%d)", source, cfg.dataset, split, metrics["accuracy"],
-                 metrics["correct"], metrics["total"])
+        log.info(
+            "%s on %s/%s: accuracy %.2f%% (%d/%d)",
+            source,
+            cfg.dataset,
+            split,
+            metrics["accuracy"],
+            metrics["correct"],
+            metrics["total"],
+        )
         return metrics
 
 
@@ -178,14 +196,34 @@ def _stage_inputs(cfg: KPODConfig, stage: str, model_path: str | None = None) ->
     if stage == "train_token_weighting":
         return common + selection + [c["weighting"], c["student"], p.rationales("train")], [p.weights]
     if stage == "calculate_difficulties":
-        return common + selection + [c["difficulty"], c["weighting"]["overlap"], c["student"], p.rationales("train"),
-                                     p.weights], [p.difficulties]
+        return common + selection + [
+            c["difficulty"],
+            c["weighting"]["overlap"],
+            c["student"],
+            p.rationales("train"),
+            p.weights,
+        ], [p.difficulties]
     if stage == "cluster":
-        return common + selection + [c["cluster"], c["schedule"], c["train"]["epochs"], c["student"]["model"],
-                                     p.rationales("train"), p.difficulties], [p.clusters, p.schedule]
+        return common + selection + [
+            c["cluster"],
+            c["schedule"],
+            c["train"]["epochs"],
+            c["student"]["model"],
+            p.rationales("train"),
+            p.difficulties,
+        ], [p.clusters, p.schedule]
     if stage == "train":
-        return common + [c["method"], c["student"], c["train"], c["schedule"], c["weighting"]["overlap"], model_path,
-                         p.rationales("train"), p.weights, p.schedule], [p.student / "kpod_student.json"]
+        return common + [
+            c["method"],
+            c["student"],
+            c["train"],
+            c["schedule"],
+            c["weighting"]["overlap"],
+            model_path,
+            p.rationales("train"),
+            p.weights,
+            p.schedule,
+        ], [p.student / "kpod_student.json"]
     # the student's files by name, size and modification time: a retrained student is re-evaluated
     # even when its settings (kpod_student.json) are unchanged, without reading gigabytes to hash them
     return common + [c["eval"], _folder_state(p.student)], [p.eval_dir(cfg.eval.split) / "metrics.json"]
@@ -228,6 +266,11 @@ def full_pipeline(cfg: KPODConfig, model_path: str | None = None, force: bool = 
     return results
 
 
-STAGE_FUNCTIONS = {"generate": generate, "train_token_weighting": train_token_weighting,
-                   "calculate_difficulties": calculate_difficulties, "cluster": cluster, "train": train,
-                   "evaluate": evaluate}
+STAGE_FUNCTIONS = {
+    "generate": generate,
+    "train_token_weighting": train_token_weighting,
+    "calculate_difficulties": calculate_difficulties,
+    "cluster": cluster,
+    "train": train,
+    "evaluate": evaluate,
+}

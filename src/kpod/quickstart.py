@@ -49,9 +49,17 @@ def run(config: Path = DEFAULT_CONFIG, overrides: list[str] | None = None) -> li
     table = []
     for name, cfg, seconds in rows:
         metrics = json.loads((RunPaths(cfg.run_dir).eval_dir(cfg.eval.split) / "metrics.json").read_text())
-        table.append({"arm": name, "accuracy": metrics["accuracy"], "correct": metrics["correct"], "total": metrics["total"],
-                      "answer_sentence": metrics["answer_sentence"], "seconds_this_run": round(seconds, 1),
-                      "run_dir": str(cfg.run_dir)})
+        table.append(
+            {
+                "arm": name,
+                "accuracy": metrics["accuracy"],
+                "correct": metrics["correct"],
+                "total": metrics["total"],
+                "answer_sentence": metrics["answer_sentence"],
+                "seconds_this_run": round(seconds, 1),
+                "run_dir": str(cfg.run_dir),
+            }
+        )
     (root / "summary.json").write_text(json.dumps(table, indent=1))
     paths = RunPaths(kpod_cfg.run_dir)
     if not paths.faithfulness.is_file() or paths.faithfulness.stat().st_mtime < paths.weights.stat().st_mtime:
@@ -63,11 +71,15 @@ def run(config: Path = DEFAULT_CONFIG, overrides: list[str] | None = None) -> li
 
 
 def format_table(table: list[dict], cfg) -> str:
-    lines = [f"\n{cfg.dataset} {cfg.eval.split} ({table[0]['total']} questions), student {cfg.student.model}",
-             f"{'arm':<12}{'accuracy':>10}{'correct':>9}{'answer sentence':>17}{'time (s)':>10}"]
+    lines = [
+        f"\n{cfg.dataset} {cfg.eval.split} ({table[0]['total']} questions), student {cfg.student.model}",
+        f"{'arm':<12}{'accuracy':>10}{'correct':>9}{'answer sentence':>17}{'time (s)':>10}",
+    ]
     for row in table:
-        lines.append(f"{row['arm']:<12}{row['accuracy']:>9.1f}%{row['correct']:>9}{row['answer_sentence']:>17}"
-                     f"{row['seconds_this_run']:>10.0f}")
+        lines.append(
+            f"{row['arm']:<12}{row['accuracy']:>9.1f}%{row['correct']:>9}{row['answer_sentence']:>17}"
+            f"{row['seconds_this_run']:>10.0f}"
+        )
     lines.append(f"report of the KPOD run: kpod report {cfg.run_dir}")
     return "\n".join(lines)
 

@@ -125,7 +125,13 @@ def _evaluate_arithmetic(expression: str) -> float | None:
             left, right = value(node.left), value(node.right)
             if isinstance(node.op, ast.Div):
                 return left / right
-            return left + right if isinstance(node.op, ast.Add) else left - right if isinstance(node.op, ast.Sub) else left * right
+            return (
+                left + right
+                if isinstance(node.op, ast.Add)
+                else left - right
+                if isinstance(node.op, ast.Sub)
+                else left * right
+            )
         raise ValueError("not arithmetic")
 
     try:
@@ -189,8 +195,12 @@ def _final_statement_number(text: str) -> str | None:
     return None
 
 
-def extract_answer(text: str, task: Task, choices: list[str] | None = None,
-                   fallback: Literal["final_statement", "last_number"] = "final_statement") -> str | None:
+def extract_answer(
+    text: str,
+    task: Task,
+    choices: list[str] | None = None,
+    fallback: Literal["final_statement", "last_number"] = "final_statement",
+) -> str | None:
     """The answer a rationale ends in, normalised: a number string (math) or a letter A-E (choice).
 
     Math: the first number after the last "the answer is"; without that phrase, the result of the
@@ -227,8 +237,11 @@ def extract_answer(text: str, task: Task, choices: list[str] | None = None,
 
 def _named_choice(lowered: str, choices: list[str], first: bool) -> str | None:
     """The option whose text appears first (or last) in `lowered`."""
-    found = [(lowered.find(c.lower().strip()) if first else lowered.rfind(c.lower().strip()), "ABCDE"[i])
-             for i, c in enumerate(choices) if c.strip() and c.lower().strip() in lowered]
+    found = [
+        (lowered.find(c.lower().strip()) if first else lowered.rfind(c.lower().strip()), "ABCDE"[i])
+        for i, c in enumerate(choices)
+        if c.strip() and c.lower().strip() in lowered
+    ]
     if not found:
         return None
     return (min(found) if first else max(found))[1]

@@ -39,7 +39,7 @@ def _json(path: Path):
 
 
 def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.is_file() else []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def _figure(draw) -> bytes:
@@ -66,6 +66,7 @@ def _budget_plot(schedule: dict):
         ax.set_ylabel("output difficulty")
         ax.legend()
         ax.set_title("Progressive schedule")
+
     return draw
 
 
@@ -81,6 +82,7 @@ def _cluster_plot(schedule: dict):
         ax.set_ylabel("steps moved to the output")
         ax.legend(fontsize=7)
         ax.set_title("Cluster balance of each stage's selection")
+
     return draw
 
 
@@ -93,9 +95,12 @@ def _training_plot(summary: dict):
         dev = summary.get("dev_history", [])
         if dev:
             twin = ax.twinx()
-            twin.plot([d["step"] for d in dev], [d["dev_accuracy"] for d in dev], "o-", color="tab:red", label="dev accuracy")
+            twin.plot(
+                [d["step"] for d in dev], [d["dev_accuracy"] for d in dev], "o-", color="tab:red", label="dev accuracy"
+            )
             twin.set_ylabel("dev accuracy (%)")
         ax.set_title("Training")
+
     return draw
 
 
@@ -103,8 +108,14 @@ def write_report(run_dir: str | Path) -> Path:
     paths = RunPaths(run_dir)
     if not paths.root.is_dir():
         raise FileNotFoundError(f"{paths.root}: run folder not found")
-    config = next((yaml.safe_load(p.read_text()) for p in [paths.root / "configs" / f"{s}.yaml" for s in
-                   ("train", "evaluate", "generate")] if p.is_file()), {})
+    config = next(
+        (
+            yaml.safe_load(p.read_text())
+            for p in [paths.root / "configs" / f"{s}.yaml" for s in ("train", "evaluate", "generate")]
+            if p.is_file()
+        ),
+        {},
+    )
     dataset = config.get("dataset", "?")
     student = (config.get("student") or {}).get("model", "?")
     figures: list[tuple[str, bytes]] = []
@@ -117,8 +128,10 @@ def write_report(run_dir: str | Path) -> Path:
     def add_figure(name: str, draw) -> tuple[str, str]:
         png = _figure(draw)
         figures.append((name, png))
-        return (f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">',
-                f"![{name}](report_files/{name}.png)")
+        return (
+            f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">',
+            f"![{name}](report_files/{name}.png)",
+        )
 
     # accuracy
     split = (config.get("eval") or {}).get("split", "test")
@@ -127,31 +140,56 @@ def write_report(run_dir: str | Path) -> Path:
     paper_text = f"{paper[1]:.2f}% (paper, KPOD, {paper[0]})" if paper else "no paper figure for this student"
     if metrics:
         acc = f"{metrics['accuracy']:.2f}% ({metrics['correct']}/{metrics['total']}) on {dataset}/{split}"
-        section("Accuracy", f"<p class=big>{acc}</p><p>Paper Table 1: {paper_text}</p>", f"**{acc}**; paper Table 1: {paper_text}")
+        section(
+            "Accuracy",
+            f"<p class=big>{acc}</p><p>Paper Table 1: {paper_text}</p>",
+            f"**{acc}**; paper Table 1: {paper_text}",
+        )
     else:
         section("Accuracy", "<p>not evaluated yet (kpod evaluate)</p>", "not evaluated yet")
 
     # data counts
     teacher = _json(paths.root / "rationales" / "train.summary.json")
     if teacher:
-        items = {k: teacher.get(k) for k in ("teacher", "questions", "rationales", "correct", "teacher_accuracy",
-                                             "kept_for_training", "requests_sent", "retries", "cost_usd") if k in teacher}
+        items = {
+            k: teacher.get(k)
+            for k in (
+                "teacher",
+                "questions",
+                "rationales",
+                "correct",
+                "teacher_accuracy",
+                "kept_for_training",
+                "requests_sent",
+                "retries",
+                "cost_usd",
+            )
+            if k in teacher
+        }
         items["dropped_as_incorrect"] = teacher["rationales"] - teacher["kept_for_training"]
-        rows = "".join(f"<tr><td>{k}</td><td>{v if not isinstance(v, float) else f'{v:.2f}'}</td></tr>" for k, v in items.items())
+        rows = "".join(
+            f"<tr><td>{k}</td><td>{v if not isinstance(v, float) else f'{v:.2f}'}</td></tr>" for k, v in items.items()
+        )
         section("Data", f"<table>{rows}</table>", "\n".join(f"- {k}: {v}" for k, v in items.items()))
 
     # token weights
     if paths.weights.is_file():
         examples = weight_examples(paths.root, 4)
         blocks = "".join(f"<h4>{html.escape(r['id'])}</h4>{html_block(r['rationale'], o, w)}" for r, o, w in examples)
-        md = "\n\n".join(f"`{r['id']}`: " + " ".join(f"{r['rationale'][a:b]}({x:.2f})" for (a, b), x in zip(o, w)) for r, o, w in examples)
+        md = "\n\n".join(
+            f"`{r['id']}`: " + " ".join(f"{r['rationale'][a:b]}({x:.2f})" for (a, b), x in zip(o, w))
+            for r, o, w in examples
+        )
         section("Token weights (darker red = higher w inside the rationale; hover for w)", blocks, md)
     comparison = _json(paths.root / "comparison.json")
     if comparison and comparison.get("html"):
         link = comparison["html"]
-        section("Comparison", f'<p>This run is arm <b>{html.escape(comparison["arm"])}</b> of '
-                f'<a href="file://{html.escape(link)}">{html.escape(link)}</a> (kpod compare).</p>',
-                f"This run is arm {comparison['arm']} of {link} (kpod compare).")
+        section(
+            "Comparison",
+            f"<p>This run is arm <b>{html.escape(comparison['arm'])}</b> of "
+            f'<a href="file://{html.escape(link)}">{html.escape(link)}</a> (kpod compare).</p>',
+            f"This run is arm {comparison['arm']} of {link} (kpod compare).",
+        )
     faithfulness = _json(paths.faithfulness)
     if faithfulness:
         from kpod.weighting.faithfulness import format_faithfulness
@@ -164,7 +202,11 @@ def write_report(run_dir: str | Path) -> Path:
     if schedule:
         h1, m1 = add_figure("budget", _budget_plot(schedule))
         h2, m2 = add_figure("clusters", _cluster_plot(schedule))
-        table = (paths.schedule.with_name("table.txt")).read_text() if paths.schedule.with_name("table.txt").is_file() else ""
+        table = (
+            (paths.schedule.with_name("table.txt")).read_text()
+            if paths.schedule.with_name("table.txt").is_file()
+            else ""
+        )
         section("Progressive schedule", f"{h1}{h2}<pre>{html.escape(table)}</pre>", f"{m1}\n\n{m2}\n\n```\n{table}```")
 
     # training
@@ -181,25 +223,38 @@ def write_report(run_dir: str | Path) -> Path:
         rows = "".join(
             f"<tr class={'ok' if p['correct'] else 'bad'}><td>{'✔' if p['correct'] else '✘'}</td><td>{html.escape(p['question'])}</td>"
             f"<td>{html.escape(str(p['gold']))}</td><td>{html.escape(str(p['prediction']))}</td>"
-            f"<td class=out>{html.escape(p['output'])}</td></tr>" for p in ordered)
+            f"<td class=out>{html.escape(p['output'])}</td></tr>"
+            for p in ordered
+        )
         wrong = sum(not p["correct"] for p in predictions)
-        section(f"Predictions ({wrong} wrong first, then {len(predictions) - wrong} right)",
-                "<label><input type=checkbox onclick=\"document.body.classList.toggle('wrong-only')\"> wrong only</label>"
-                f"<table class=pred><tr><th></th><th>question</th><th>gold</th><th>predicted</th><th>output</th></tr>{rows}</table>",
-                "| ok | gold | predicted | question |\n|---|---|---|---|\n" + "\n".join(
-                    f"| {'yes' if p['correct'] else 'no'} | {p['gold']} | {p['prediction']} | {p['question'][:80].replace('|', '/')} |"
-                    for p in ordered[:100]))
+        section(
+            f"Predictions ({wrong} wrong first, then {len(predictions) - wrong} right)",
+            "<label><input type=checkbox onclick=\"document.body.classList.toggle('wrong-only')\"> wrong only</label>"
+            f"<table class=pred><tr><th></th><th>question</th><th>gold</th><th>predicted</th><th>output</th></tr>{rows}</table>",
+            "| ok | gold | predicted | question |\n|---|---|---|---|\n"
+            + "\n".join(
+                f"| {'yes' if p['correct'] else 'no'} | {p['gold']} | {p['prediction']} | {p['question'][:80].replace('|', '/')} |"
+                for p in ordered[:100]
+            ),
+        )
 
-    section("Configuration", f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>",
-            f"```yaml\n{yaml.safe_dump(config, sort_keys=False)}```")
+    section(
+        "Configuration",
+        f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>",
+        f"```yaml\n{yaml.safe_dump(config, sort_keys=False)}```",
+    )
 
     title = f"KPOD run report: {dataset}, {student}"
-    style = HTML_STYLE + (" table{border-collapse:collapse;font-size:90%} td,th{border:1px solid #ccc;padding:3px 6px;"
-                          "vertical-align:top} .bad td:first-child{color:#c00} .ok td:first-child{color:#080}"
-                          " .out{white-space:pre-wrap;max-width:30em} .big{font-size:150%} img{max-width:100%}"
-                          " body.wrong-only tr.ok{display:none}")
-    page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{style}</style>"
-            f"</head><body><h1>{html.escape(title)}</h1><p>{html.escape(str(paths.root))}</p>{''.join(sections_html)}</body></html>")
+    style = HTML_STYLE + (
+        " table{border-collapse:collapse;font-size:90%} td,th{border:1px solid #ccc;padding:3px 6px;"
+        "vertical-align:top} .bad td:first-child{color:#c00} .ok td:first-child{color:#080}"
+        " .out{white-space:pre-wrap;max-width:30em} .big{font-size:150%} img{max-width:100%}"
+        " body.wrong-only tr.ok{display:none}"
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{style}</style>"
+        f"</head><body><h1>{html.escape(title)}</h1><p>{html.escape(str(paths.root))}</p>{''.join(sections_html)}</body></html>"
+    )
     out = paths.root / "report.html"
     atomic_write_text(out, page)
     files = paths.root / "report_files"

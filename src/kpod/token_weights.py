@@ -42,7 +42,9 @@ def span_weight(chars: np.ndarray, start: int, end: int, how: str = "max") -> fl
     return float(known.max() if how == "max" else known.mean())
 
 
-def map_weights(chars: np.ndarray, offsets: list[tuple[int, int]], shift: int = 0, how: str = "max") -> list[float | None]:
+def map_weights(
+    chars: np.ndarray, offsets: list[tuple[int, int]], shift: int = 0, how: str = "max"
+) -> list[float | None]:
     """Weights for tokens whose offsets are relative to a text that starts `shift` characters into
     the rationale (tokens outside the rationale get None)."""
     return [span_weight(chars, a + shift, b + shift, how) if b > a else None for a, b in offsets]

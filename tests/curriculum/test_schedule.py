@@ -51,7 +51,10 @@ def test_diversity_term_balances_clusters():
     rng = random.Random(1)
     costs = [rng.uniform(1, 2) if i < 40 else rng.uniform(2, 4) for i in range(60)]  # cluster 0 is cheap
     groups = [0 if i < 40 else 1 + i % 2 for i in range(60)]
-    per = lambda chosen: [sum(groups[i] == g for i in chosen) for g in range(3)]
+
+    def per(chosen):
+        return [sum(groups[i] == g for i in chosen) for g in range(3)]
+
     plain, diverse = per(select(costs, groups, 40, 0.0)), per(select(costs, groups, 40, 12.0))
     assert _imbalance(diverse) < _imbalance(plain)
 

@@ -6,8 +6,15 @@ from kpod.data import DataError, load_dataset_splits
 from kpod.rationale import answers_match, extract_answer
 
 
-@pytest.mark.parametrize("name,train,dev,test", [
-    ("gsm8k", 7473, 660, 659), ("svamp", 700, 150, 150), ("commonsenseqa", 8520, 1221, 1221), ("asdiv", None, 313, 314)])
+@pytest.mark.parametrize(
+    "name,train,dev,test",
+    [
+        ("gsm8k", 7473, 660, 659),
+        ("svamp", 700, 150, 150),
+        ("commonsenseqa", 8520, 1221, 1221),
+        ("asdiv", None, 313, 314),
+    ],
+)
 def test_paper_split_sizes(data_dir, name, train, dev, test):
     splits = load_dataset_splits(name, data_dir)
     assert (len(splits.dev), len(splits.test)) == (dev, test)
@@ -19,7 +26,9 @@ def test_paper_split_sizes(data_dir, name, train, dev, test):
     assert len(ids) == len(set(ids)), "a question sits in two splits"
 
 
-@pytest.mark.parametrize("name,folder", [("gsm8k", "GSM8K"), ("svamp", "SVAMP"), ("commonsenseqa", "CSQA"), ("asdiv", "ASDiv")])
+@pytest.mark.parametrize(
+    "name,folder", [("gsm8k", "GSM8K"), ("svamp", "SVAMP"), ("commonsenseqa", "CSQA"), ("asdiv", "ASDiv")]
+)
 def test_gold_answers_agree_with_mcc_kd_labels(data_dir, name, folder):
     splits = load_dataset_splits(name, data_dir)
     rows = json.loads((data_dir / "splits_mcc_kd" / folder / "test.json").read_text())

@@ -26,18 +26,25 @@ def test_paired_bootstrap_degenerate_and_closed_form():
     a = np.array([[1.0] * 30 + [0.0] * 70])
     diff, low, high = paired_bootstrap(a, np.zeros_like(a), 20_000)
     half = 1.96 * math.sqrt(0.3 * 0.7 / 100)
-    assert diff == pytest.approx(0.3) and low == pytest.approx(0.3 - half, abs=0.015) and high == pytest.approx(0.3 + half, abs=0.015)
+    assert (
+        diff == pytest.approx(0.3)
+        and low == pytest.approx(0.3 - half, abs=0.015)
+        and high == pytest.approx(0.3 + half, abs=0.015)
+    )
 
 
 def _run(tmp_path, name, correct, method="kpod", seed=0, ids=None):
     run = tmp_path / name
     ids = ids or [f"q{i}" for i in range(len(correct))]
-    write_jsonl(run / "eval/test/predictions.jsonl",
-                [{"id": q, "correct": c, "answer_sentence": True} for q, c in zip(ids, correct)])
+    write_jsonl(
+        run / "eval/test/predictions.jsonl",
+        [{"id": q, "correct": c, "answer_sentence": True} for q, c in zip(ids, correct)],
+    )
     (run / "configs").mkdir(parents=True)
     (run / "configs/train.yaml").write_text(
         f"method: {method}\nseed: {seed}\ntrain: {{uniform_weights: false}}\ndifficulty: {{use_weights: true}}\n"
-        "schedule: {progressive: true, beta: 12.0}\n")
+        "schedule: {progressive: true, beta: 12.0}\n"
+    )
     return run
 
 
@@ -55,7 +62,10 @@ def test_compare_pools_seeds_and_pairs_questions(tmp_path, capsys):
     assert (pair["a_only"], pair["b_only"]) == (4, 0) and pair["p_pooled"] == pytest.approx(2 / 16)
     assert pair["difference"] == pytest.approx(100 * 4 / 12)
     html = tmp_path / "c.html"
-    assert main(["compare", str(k0), str(k1), str(s0), str(s1), "--html", str(html), "--json", str(tmp_path / "c.json")]) == 0
+    assert (
+        main(["compare", str(k0), str(k1), str(s0), str(s1), "--html", str(html), "--json", str(tmp_path / "c.json")])
+        == 0
+    )
     assert "data:image/png;base64" in html.read_text() and "kpod vs std-cot" in capsys.readouterr().out
     assert json.loads((k0 / "comparison.json").read_text())["arm"] == "kpod"
 

@@ -6,8 +6,8 @@ import torch
 from kpod.artifacts import RunPaths
 from kpod.config import load_config
 from kpod.layout import DistillCollator, DistillExample
-from kpod.student.data import DistillDataset
 from kpod.models import load_student
+from kpod.student.data import DistillDataset
 from kpod.student.train import training_arguments
 from kpod.student.trainer import DistillTrainer, weighted_token_loss
 from kpod.token_weights import TokenWeights
@@ -20,7 +20,10 @@ def test_weighted_loss_by_hand():
     logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[0.0, 0.0, 3.0], [1.0, 1.0, 1.0]]])
     labels = torch.tensor([[0, 1], [2, -100]])
     weights = torch.tensor([[0.5, 2.0], [1.0, 0.0]])
-    nll = lambda row, k: -math.log(math.exp(row[k]) / sum(math.exp(x) for x in row))
+
+    def nll(row, k):
+        return -math.log(math.exp(row[k]) / sum(math.exp(x) for x in row))
+
     expected = (0.5 * nll([2, 0, 0], 0) + 2.0 * nll([0, 1, 0], 1) + 1.0 * nll([0, 0, 3], 2)) / 3
     assert weighted_token_loss(logits, labels, weights).item() == pytest.approx(expected, rel=1e-6)
     # under accumulation the Trainer passes the global token count
@@ -28,9 +31,16 @@ def test_weighted_loss_by_hand():
 
 
 def _examples(weights=None):
-    return [DistillExample("a#0", QUESTION, "72", STEPS, weights),
-            DistillExample("b#0", "Weng earns $12 an hour. How much for 50 minutes?", "10",
-                           ["Weng earns 12/60 = $0.2 per minute.\n", "Working 50 minutes, she earned 0.2 x 50 = $10."], weights)]
+    return [
+        DistillExample("a#0", QUESTION, "72", STEPS, weights),
+        DistillExample(
+            "b#0",
+            "Weng earns $12 an hour. How much for 50 minutes?",
+            "10",
+            ["Weng earns 12/60 = $0.2 per minute.\n", "Working 50 minutes, she earned 0.2 x 50 = $10."],
+            weights,
+        ),
+    ]
 
 
 @pytest.mark.parametrize("fixture", ["tiny_t5", "tiny_llama"])

@@ -17,11 +17,24 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cfg(run, model, **extra):
-    overrides = {"dataset": "gsm8k", "output_dir": str(run), "student.model": str(model), "method": "std-cot",
-                 "teacher.kind": "reference", "data.max_train_questions": 12, "data.max_eval_questions": 4,
-                 "train.epochs": 3, "train.learning_rate": 3e-3, "train.eval_every": 0, "train.logging_steps": 1,
-                 "student.lora": False, "student.max_input_tokens": 256, "student.max_target_tokens": 256,
-                 "eval.max_new_tokens": 12, "train.lr_scheduler": "constant"}
+    overrides = {
+        "dataset": "gsm8k",
+        "output_dir": str(run),
+        "student.model": str(model),
+        "method": "std-cot",
+        "teacher.kind": "reference",
+        "data.max_train_questions": 12,
+        "data.max_eval_questions": 4,
+        "train.epochs": 3,
+        "train.learning_rate": 3e-3,
+        "train.eval_every": 0,
+        "train.logging_steps": 1,
+        "student.lora": False,
+        "student.max_input_tokens": 256,
+        "student.max_target_tokens": 256,
+        "eval.max_new_tokens": 12,
+        "train.lr_scheduler": "constant",
+    }
     overrides.update(extra)
     return load_config(overrides=overrides)
 
@@ -39,7 +52,9 @@ def test_training_lowers_the_loss_and_saved_model_predicts_the_same(request, tmp
     reloaded, tokenizer = load_student(str(tmp_path / "run" / "student"))
     fresh, _ = load_student(str(model_dir))
     prompts = ["Q: What is 2 + 3? A: Let's think step by step.", "Q: Tom has 4 apples. A: Let's think step by step."]
-    assert greedy_continuations(reloaded, tokenizer, prompts, 8, progress=False) == greedy_continuations(reloaded, tokenizer, prompts, 8, progress=False)
+    assert greedy_continuations(reloaded, tokenizer, prompts, 8, progress=False) == greedy_continuations(
+        reloaded, tokenizer, prompts, 8, progress=False
+    )
     trained_state = reloaded.state_dict()
     assert any(not torch.equal(v, fresh.state_dict()[k]) for k, v in trained_state.items())
 
@@ -62,7 +77,9 @@ def test_resume_continues_the_same_run(tmp_path, tiny_t5):
     whole = _cfg(tmp_path / "whole", tiny_t5, **{"train.epochs": 2})
     pipeline.generate(whole)
     pipeline.train(whole)
-    part = _cfg(tmp_path / "part", tiny_t5, **{"train.epochs": 2, "train.max_steps": 3})  # 12 questions / 4 = 3 steps an epoch
+    part = _cfg(
+        tmp_path / "part", tiny_t5, **{"train.epochs": 2, "train.max_steps": 3}
+    )  # 12 questions / 4 = 3 steps an epoch
     pipeline.generate(part)
     pipeline.train(part)
     assert (tmp_path / "part" / "checkpoints" / "checkpoint-3").is_dir()
@@ -84,7 +101,11 @@ def test_resume_skips_a_checkpoint_left_half_written(tmp_path, tiny_t5, damage, 
     pipeline.generate(cfg)
     pipeline.train(cfg)
     last = tmp_path / "run" / "checkpoints" / "checkpoint-6"
-    target = {"truncate_weights": "model.safetensors", "truncate_optimizer": "optimizer.pt", "remove_state": "trainer_state.json"}[damage]
+    target = {
+        "truncate_weights": "model.safetensors",
+        "truncate_optimizer": "optimizer.pt",
+        "remove_state": "trainer_state.json",
+    }[damage]
     path = last / target
     if damage == "remove_state":
         path.unlink()
@@ -132,18 +153,28 @@ def test_two_process_data_parallel_matches_one_process(tmp_path, tiny_llama):
         "pipeline.generate(cfg) if not dist.is_available() or int(__import__('os').environ.get('RANK', 0)) == 0 else None\n"
         "pipeline.train(cfg)\n"
         "s = json.loads((__import__('pathlib').Path(run) / 'train' / 'summary.json').read_text())\n"
-        "print('LOSSES', json.dumps([h['loss'] for h in s['loss_history']]))\n")
+        "print('LOSSES', json.dumps([h['loss'] for h in s['loss_history']]))\n"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = tmp_path / "one"
-    pipeline.generate(load_config(overrides={"output_dir": str(one), "teacher.kind": "reference", "data.max_train_questions": 16}))
+    pipeline.generate(
+        load_config(overrides={"output_dir": str(one), "teacher.kind": "reference", "data.max_train_questions": 16})
+    )
     two = tmp_path / "two"
-    pipeline.generate(load_config(overrides={"output_dir": str(two), "teacher.kind": "reference", "data.max_train_questions": 16}))
-    out1 = subprocess.run([sys.executable, str(script), str(one), "4"], env=env, capture_output=True, text=True, timeout=600)
+    pipeline.generate(
+        load_config(overrides={"output_dir": str(two), "teacher.kind": "reference", "data.max_train_questions": 16})
+    )
+    out1 = subprocess.run(
+        [sys.executable, str(script), str(one), "4"], env=env, capture_output=True, text=True, timeout=600
+    )
     assert out1.returncode == 0, out1.stderr[-3000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
     out2 = subprocess.run(torchrun + [str(script), str(two), "2"], env=env, capture_output=True, text=True, timeout=600)
     assert out2.returncode == 0, out2.stderr[-3000:]
-    curve = lambda out: json.loads(next(l for l in out.stdout.splitlines() if l.startswith("LOSSES"))[7:])
+
+    def curve(out):
+        return json.loads(next(row for row in out.stdout.splitlines() if row.startswith("LOSSES"))[7:])
+
     single, parallel = curve(out1), curve(out2)
     assert len(single) == len(parallel) == 8
     assert single == pytest.approx(parallel, rel=2e-3)
@@ -160,9 +191,18 @@ def test_schedule_stages_advance_at_step_boundaries(tmp_path, tiny_llama, monkey
     """schedule.stages=4 over 2 epochs of 3 steps: stages switch every 1.5 steps, at step ends."""
     from kpod.student.data import DistillDataset
 
-    cfg = _cfg(tmp_path / "run", tiny_llama, **{"method": "kpod", "schedule.stages": 4, "train.epochs": 2,
-                                                "train.batch_size": 4, "train.save_checkpoints": False,
-                                                "weighting.epochs": 1})
+    cfg = _cfg(
+        tmp_path / "run",
+        tiny_llama,
+        **{
+            "method": "kpod",
+            "schedule.stages": 4,
+            "train.epochs": 2,
+            "train.batch_size": 4,
+            "train.save_checkpoints": False,
+            "weighting.epochs": 1,
+        },
+    )
     for stage in ("generate", "train_token_weighting", "calculate_difficulties", "cluster"):
         pipeline.STAGE_FUNCTIONS[stage](cfg)
     schedule = json.loads((tmp_path / "run" / "schedule/schedule.json").read_text())

@@ -17,10 +17,19 @@ SECRET = "sk-test-secret-never-written-0123456789"
 
 
 def _cfg(tmp_path, url, n=12, **extra):
-    overrides = {"dataset": "gsm8k", "output_dir": str(tmp_path / "run"), "data.max_train_questions": n,
-                 "teacher.kind": "openai", "teacher.base_url": url, "teacher.model": "fake-teacher",
-                 "teacher.timeout": 1.0, "teacher.backoff_base": 0.01, "teacher.backoff_max": 0.05,
-                 "teacher.max_retries": 6, "teacher.concurrency": 8}
+    overrides = {
+        "dataset": "gsm8k",
+        "output_dir": str(tmp_path / "run"),
+        "data.max_train_questions": n,
+        "teacher.kind": "openai",
+        "teacher.base_url": url,
+        "teacher.model": "fake-teacher",
+        "teacher.timeout": 1.0,
+        "teacher.backoff_base": 0.01,
+        "teacher.backoff_max": 0.05,
+        "teacher.max_retries": 6,
+        "teacher.concurrency": 8,
+    }
     overrides.update(extra)
     return load_config(overrides=overrides)
 
@@ -37,7 +46,7 @@ def test_faults_end_with_one_answer_per_sample_and_no_repeat(tmp_path, monkeypat
     with FakeOpenAI(fault=_fault_by_prompt, slow_seconds=2.5) as server:
         cfg = _cfg(tmp_path, server.url, n=12, **{"teacher.samples_per_question": 2, "teacher.temperature": 0.7})
         summary = pipeline.generate(cfg)
-        rows = [json.loads(l) for l in (tmp_path / "run/rationales/train.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (tmp_path / "run/rationales/train.jsonl").read_text().splitlines()]
         assert len(rows) == 24
         assert sorted((r["id"], r["sample"]) for r in rows) == sorted({(r["id"], r["sample"]) for r in rows})
         assert summary["retries"] > 0 and summary["failed"] == 0
@@ -81,9 +90,12 @@ def test_killed_run_resumes_without_paying_twice(tmp_path):
             "import sys\nfrom kpod import pipeline\nfrom kpod.config import load_config\n"
             f"cfg = load_config(overrides={{'output_dir': r'{tmp_path / 'run'}', 'data.max_train_questions': 60, "
             f"'teacher.kind': 'openai', 'teacher.base_url': '{server.url}', 'teacher.model': 'fake', 'teacher.concurrency': 2}})\n"
-            "pipeline.generate(cfg)\n")
+            "pipeline.generate(cfg)\n"
+        )
         env = {**os.environ, "OPENAI_API_KEY": SECRET}
-        proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.time() + 60
         while sum(server.successes.values()) < 15 and time.time() < deadline:
             time.sleep(0.05)
@@ -92,7 +104,9 @@ def test_killed_run_resumes_without_paying_twice(tmp_path):
         paid_before = sum(server.successes.values())
         assert 15 <= paid_before < 60
         assert not (tmp_path / "run/rationales/train.jsonl").exists()
-        subprocess.run([sys.executable, str(script)], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, str(script)], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         rows = (tmp_path / "run/rationales/train.jsonl").read_text().splitlines()
         assert len(rows) == 60
         # a request answered (and stored) before the kill is never paid again; at most the few in

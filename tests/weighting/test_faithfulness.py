@@ -6,10 +6,16 @@ import pytest
 from kpod.artifacts import write_json, write_jsonl
 from kpod.cli import main
 from kpod.data.datasets import DataError
-from kpod.rationale import split_steps
 from kpod.models import load_tokenizer
-from kpod.weighting.faithfulness import (Judge, delete_tokens, deletion_texts, is_digit_or_operator, measure_faithfulness,
-                                         ranked)
+from kpod.rationale import split_steps
+from kpod.weighting.faithfulness import (
+    Judge,
+    delete_tokens,
+    deletion_texts,
+    is_digit_or_operator,
+    measure_faithfulness,
+    ranked,
+)
 from kpod.weighting.view import html_block, within_rationale_ranks
 
 RATIONALE = "She sold 48/2 = 24 clips in May. So she sold 48+24 = 72 clips."
@@ -43,13 +49,29 @@ def _tiny_run(tmp_path, tiny_llama, holdout_keys):
     run = tmp_path / "run"
     tok = load_tokenizer(str(tiny_llama))
     rows, weight_rows = [], []
-    for i, (question, rationale, gold) in enumerate([("How many?", RATIONALE, "72"), ("And now?", "Add 3 and 4 to get 7.", "7")]):
-        rows.append({"id": f"q{i}", "question": question, "gold": gold, "rationale": rationale,
-                     "steps": split_steps(rationale), "correct": True})
+    for i, (question, rationale, gold) in enumerate(
+        [("How many?", RATIONALE, "72"), ("And now?", "Add 3 and 4 to get 7.", "7")]
+    ):
+        rows.append(
+            {
+                "id": f"q{i}",
+                "question": question,
+                "gold": gold,
+                "rationale": rationale,
+                "steps": split_steps(rationale),
+                "correct": True,
+            }
+        )
         enc = tok(rationale, add_special_tokens=False, return_offsets_mapping=True)
         tokens = tok.convert_ids_to_tokens(enc["input_ids"])
-        weight_rows.append({"key": f"q{i}#0", "tokens": tokens, "offsets": [list(o) for o in enc["offset_mapping"]],
-                            "weights": [0.9 if is_digit_or_operator(t) else 0.2 for t in tokens]})
+        weight_rows.append(
+            {
+                "key": f"q{i}#0",
+                "tokens": tokens,
+                "offsets": [list(o) for o in enc["offset_mapping"]],
+                "weights": [0.9 if is_digit_or_operator(t) else 0.2 for t in tokens],
+            }
+        )
     write_jsonl(run / "rationales/train.jsonl", rows)
     write_jsonl(run / "weights/weights.jsonl", weight_rows)
     write_json(run / "weights/heldout.json", {"questions": [], "keys": holdout_keys})

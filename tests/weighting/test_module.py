@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from kpod.models import load_model, load_tokenizer
+from kpod.token_weights import TokenWeights, map_weights
 from kpod.weighting.data import PrefixCollator, WeightingItem, prefix_lengths
 from kpod.weighting.diagnostic import run_keypoint_diagnostic, synthetic_items, token_roles
 from kpod.weighting.module import KeypointModel, TokenWeighter, score_function_surrogate, straight_through_gumbel
-from kpod.token_weights import TokenWeights, map_weights
 from kpod.weighting.train import fit_keypoint_model
 
 
@@ -15,18 +15,37 @@ def _model(reasoner_dir, student_dir=None, alpha=0.5, seed=0, keep_rate=0.8, **o
     torch.manual_seed(seed)
     student = load_model(str(student_dir or reasoner_dir))
     reasoner = load_model(str(reasoner_dir))
-    weighter = TokenWeighter(student.get_input_embeddings().weight.detach().clone(), heads=4, mlp_hidden=32,
-                             keep_rate=keep_rate)
+    weighter = TokenWeighter(
+        student.get_input_embeddings().weight.detach().clone(), heads=4, mlp_hidden=32, keep_rate=keep_rate
+    )
     model = KeypointModel(weighter, reasoner, alpha=alpha, **options)
-    collator = PrefixCollator(load_tokenizer(str(student_dir or reasoner_dir)), load_tokenizer(str(reasoner_dir)),
-                              model.seq2seq, "steps", 64, 32)
+    collator = PrefixCollator(
+        load_tokenizer(str(student_dir or reasoner_dir)),
+        load_tokenizer(str(reasoner_dir)),
+        model.seq2seq,
+        "steps",
+        64,
+        32,
+    )
     return model, collator
 
 
-ITEMS = [WeightingItem("a", "Natalia sold 48/2 = 24 clips in May.\nShe sold 48+24 = 72 clips.",
-                       ["Natalia sold 48/2 = 24 clips in May.\n", "She sold 48+24 = 72 clips."], "How many clips?", "72"),
-         WeightingItem("b", "Weng earns 0.2 per minute. She earned 10.", ["Weng earns 0.2 per minute. ", "She earned 10."],
-                       "How much did Weng earn?", "10")]
+ITEMS = [
+    WeightingItem(
+        "a",
+        "Natalia sold 48/2 = 24 clips in May.\nShe sold 48+24 = 72 clips.",
+        ["Natalia sold 48/2 = 24 clips in May.\n", "She sold 48+24 = 72 clips."],
+        "How many clips?",
+        "72",
+    ),
+    WeightingItem(
+        "b",
+        "Weng earns 0.2 per minute. She earned 10.",
+        ["Weng earns 0.2 per minute. ", "She earned 10."],
+        "How much did Weng earn?",
+        "10",
+    ),
+]
 
 
 def test_straight_through_gumbel_is_hard_forward_soft_backward():
@@ -38,9 +57,11 @@ def test_straight_through_gumbel_is_hard_forward_soft_backward():
     assert w.grad.abs().sum() > 0
 
 
-ESTIMATORS = [dict(estimator="straight_through", masking="embedding", reasoner_input="contextual"),
-              dict(estimator="score_function", masking="embedding", reasoner_input="contextual"),
-              dict(estimator="score_function", masking="delete", reasoner_input="token")]
+ESTIMATORS = [
+    dict(estimator="straight_through", masking="embedding", reasoner_input="contextual"),
+    dict(estimator="score_function", masking="embedding", reasoner_input="contextual"),
+    dict(estimator="score_function", masking="delete", reasoner_input="token"),
+]
 
 
 @pytest.mark.parametrize("options", ESTIMATORS, ids=lambda o: f"{o['estimator']}-{o['masking']}")
@@ -75,10 +96,16 @@ def test_frozen_reasoner_costs_no_reasoner_gradient(tiny_llama):
     keep[0, 2:5] = 0
     view = model._reasoner_view(batch, None, None)
     deleted = model._prefix_losses(batch, view, keep.unsqueeze(0))[0, -1]
-    short = dict(batch, rationale_ids=torch.cat([batch["rationale_ids"][:, :2], batch["rationale_ids"][:, 5:]], 1),
-                 rationale_mask=torch.cat([batch["rationale_mask"][:, :2], batch["rationale_mask"][:, 5:]], 1),
-                 prefix_owner=torch.tensor([0]), prefix_length=torch.tensor([batch["rationale_mask"].shape[1] - 3]))
-    alone = model._prefix_losses(short, model._reasoner_view(short, None, None), torch.ones(1, *short["rationale_ids"].shape))
+    short = dict(
+        batch,
+        rationale_ids=torch.cat([batch["rationale_ids"][:, :2], batch["rationale_ids"][:, 5:]], 1),
+        rationale_mask=torch.cat([batch["rationale_mask"][:, :2], batch["rationale_mask"][:, 5:]], 1),
+        prefix_owner=torch.tensor([0]),
+        prefix_length=torch.tensor([batch["rationale_mask"].shape[1] - 3]),
+    )
+    alone = model._prefix_losses(
+        short, model._reasoner_view(short, None, None), torch.ones(1, *short["rationale_ids"].shape)
+    )
     assert deleted.item() == pytest.approx(alone[0, 0].item(), rel=1e-4)
 
 
@@ -115,7 +142,9 @@ def test_score_function_estimator_matches_the_exact_gradient():
     for chunk in torch.arange(n).chunk(20):
         wc = w.detach().clone().requires_grad_(True)
         lp = (m[:, chunk] * torch.log(wc) + (1 - m[:, chunk]) * torch.log(1 - wc)).repeat_interleave(2, dim=1)
-        score_function_surrogate(_toy_losses(m[:, chunk]).reshape(k, -1), lp, lengths[: 2 * len(chunk)]).view(-1, 2).mean(1).mean().backward()
+        score_function_surrogate(_toy_losses(m[:, chunk]).reshape(k, -1), lp, lengths[: 2 * len(chunk)]).view(
+            -1, 2
+        ).mean(1).mean().backward()
         chunks.append(wc.grad)
     error = torch.stack(chunks).std(0) / len(chunks) ** 0.5
     assert torch.all((w.grad - exact).abs() < 4 * error + 1e-3), (w.grad, exact, error)
@@ -143,17 +172,22 @@ def test_weighter_and_reasoner_are_clipped_apart(tiny_llama):
         model_copy, _ = _model(tiny_llama, estimator="straight_through", masking="embedding")
         before = [p.detach().clone() for p in model_copy.reasoner.parameters()]
         hook = model_copy.weighter.mlp[2].weight.register_hook(lambda g, s=scale: g * s)
-        fit_keypoint_model(model_copy, collator, ITEMS, epochs=1, lr=1e-3, batch_size=2, progress=False,
-                           freeze_reasoner=False)
+        fit_keypoint_model(
+            model_copy, collator, ITEMS, epochs=1, lr=1e-3, batch_size=2, progress=False, freeze_reasoner=False
+        )
         hook.remove()
-        steps[scale] = sum((p.detach() - b).abs().sum().item() for p, b in zip(model_copy.reasoner.parameters(), before))
+        steps[scale] = sum(
+            (p.detach() - b).abs().sum().item() for p, b in zip(model_copy.reasoner.parameters(), before)
+        )
     assert steps[1e6] == pytest.approx(steps[1.0], rel=1e-3)
 
 
 def test_keypoint_diagnostic_finds_the_computation(data_dir, tmp_path):
     """The issue's proof: on synthetic rationales whose answer depends on the operator and one
     operand only, the learned w rank those tokens above the filler with ROC AUC >= 0.9."""
-    result = run_keypoint_diagnostic(data_dir / "tokenizers" / "llama", n=600, seed=0, progress=False, work_dir=tmp_path)
+    result = run_keypoint_diagnostic(
+        data_dir / "tokenizers" / "llama", n=600, seed=0, progress=False, work_dir=tmp_path
+    )
     print(result)
     assert result["roc_auc"] >= 0.9
     assert result["mean_w_needed"] - result["mean_w_filler"] > 0.3
@@ -192,11 +226,14 @@ def test_alpha_moves_the_mean_weight(tiny_llama):
     means = {}
     for alpha in (0.0, 3.0):
         model, collator = _model(tiny_llama, alpha=alpha, seed=1, keep_rate=None)
-        history = fit_keypoint_model(model, collator, items, epochs=3, lr=3e-3, batch_size=8, seed=0, progress=False,
-                                     warmup_epochs=2)
+        history = fit_keypoint_model(
+            model, collator, items, epochs=3, lr=3e-3, batch_size=8, seed=0, progress=False, warmup_epochs=2
+        )
         means[alpha] = (history[2]["mean_w"], history[-1]["mean_w"])  # first masked epoch, last epoch
     print(means)
-    assert means[3.0][1] < means[3.0][0] and means[0.0][1] > means[0.0][0], "alpha = 0 raises w, a large alpha lowers it"
+    assert means[3.0][1] < means[3.0][0] and means[0.0][1] > means[0.0][0], (
+        "alpha = 0 raises w, a large alpha lowers it"
+    )
     assert means[3.0][1] < means[0.0][1]
 
 

@@ -54,7 +54,9 @@ def glove_embeddings(texts: list[str], path: Path) -> np.ndarray:
     if not vectors:
         raise ValueError(f"{path}: no question word has a vector")
     dim = len(next(iter(vectors.values())))
-    return np.stack([np.mean([vectors[w] for w in t.lower().split() if w in vectors] or [np.zeros(dim)], axis=0) for t in texts])
+    return np.stack(
+        [np.mean([vectors[w] for w in t.lower().split() if w in vectors] or [np.zeros(dim)], axis=0) for t in texts]
+    )
 
 
 @torch.no_grad()
@@ -102,9 +104,12 @@ def cluster_questions(cfg: KPODConfig) -> dict:
     ids = list(questions)
     labels = kmeans(embed_questions([questions[i] for i in ids], cfg), cfg.cluster.k, cfg.seed)
     sizes = Counter(int(c) for c in labels)
-    result = {"k": cfg.cluster.k, "embedding": cfg.cluster.embedding,
-              "sizes": [sizes.get(c, 0) for c in range(cfg.cluster.k)],
-              "assignments": {q: int(c) for q, c in zip(ids, labels)}}
+    result = {
+        "k": cfg.cluster.k,
+        "embedding": cfg.cluster.embedding,
+        "sizes": [sizes.get(c, 0) for c in range(cfg.cluster.k)],
+        "assignments": {q: int(c) for q, c in zip(ids, labels)},
+    }
     write_json(paths.clusters, result)
     log.info("clustered %d questions into %d clusters, sizes %s", len(ids), cfg.cluster.k, result["sizes"])
     return {"questions": len(ids), "sizes": result["sizes"]}

@@ -19,8 +19,15 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from kpod.artifacts import (RunPaths, atomic_write_text, rationale_key, read_difficulties, read_json, read_rationales,
-                            write_json)
+from kpod.artifacts import (
+    RunPaths,
+    atomic_write_text,
+    rationale_key,
+    read_difficulties,
+    read_json,
+    read_rationales,
+    write_json,
+)
 from kpod.config import KPODConfig
 
 
@@ -93,8 +100,15 @@ class Schedule:
     table: list[dict] = field(default_factory=list)
 
 
-def build_schedule(difficulties: list[list[float]], groups: list[int], epochs: int, p: float = 0.5,
-                   c0_ratio: float = 0.3, beta: float = 12.0, peak_fraction: float = 0.5) -> Schedule:
+def build_schedule(
+    difficulties: list[list[float]],
+    groups: list[int],
+    epochs: int,
+    p: float = 0.5,
+    c0_ratio: float = 0.3,
+    beta: float = 12.0,
+    peak_fraction: float = 0.5,
+) -> Schedule:
     """The whole schedule, computed before training (deterministic)."""
     n_steps = [len(d) for d in difficulties]
     current = list(n_steps)
@@ -133,20 +147,31 @@ def build_schedule(difficulties: list[list[float]], groups: list[int], epochs: i
                     break
         history.append(list(current))
         counts = Counter(groups[i] for i in selected)
-        table.append({"stage": t, "budget": target, "achieved": achieved, "selected": len(selected),
-                      "per_cluster": {str(k): counts.get(k, 0) for k in sorted(set(groups))},
-                      "full_rationale_items": sum(c == 0 for c in current)})
+        table.append(
+            {
+                "stage": t,
+                "budget": target,
+                "achieved": achieved,
+                "selected": len(selected),
+                "per_cluster": {str(k): counts.get(k, 0) for k in sorted(set(groups))},
+                "full_rationale_items": sum(c == 0 for c in current),
+            }
+        )
     input_steps = [[history[t][i] for t in range(epochs)] for i in range(len(current))]
     return Schedule(epochs, peak, total, c0, input_steps, table)
 
 
 def format_table(schedule: Schedule) -> str:
     clusters = sorted({k for row in schedule.table for k in row["per_cluster"]}, key=int)
-    head = f"{'stage':>5} {'budget D(t)':>12} {'achieved':>10} {'moved':>6} {'full':>6}  " + " ".join(f"{'c' + k:>5}" for k in clusters)
+    head = f"{'stage':>5} {'budget D(t)':>12} {'achieved':>10} {'moved':>6} {'full':>6}  " + " ".join(
+        f"{'c' + k:>5}" for k in clusters
+    )
     lines = [head]
     for row in schedule.table:
-        lines.append(f"{row['stage']:>5} {row['budget']:>12.2f} {row['achieved']:>10.2f} {row['selected']:>6} "
-                     f"{row['full_rationale_items']:>6}  " + " ".join(f"{row['per_cluster'][k]:>5}" for k in clusters))
+        lines.append(
+            f"{row['stage']:>5} {row['budget']:>12.2f} {row['achieved']:>10.2f} {row['selected']:>6} "
+            f"{row['full_rationale_items']:>6}  " + " ".join(f"{row['per_cluster'][k]:>5}" for k in clusters)
+        )
     return "\n".join(lines)
 
 
@@ -167,12 +192,28 @@ def build_schedule_file(cfg: KPODConfig) -> dict:
         raise ValueError(f"{paths.difficulties}: no difficulties for {len(missing)} rationale(s), e.g. {missing[0]}")
     s = cfg.schedule
     stages = schedule_stages(cfg)
-    schedule = build_schedule([difficulties[k] for k in keys], [clusters.get(r["id"], 0) for r in rows], stages,
-                              s.p, s.c0_ratio, s.beta, s.peak_fraction)
-    write_json(paths.schedule, {"epochs": cfg.train.epochs, "stages": stages,
-                                "stage_unit": "epoch" if s.stages is None else "steps", "peak_stage": schedule.peak, "total_difficulty": schedule.total,
-                                "c0": schedule.c0, "table": schedule.table,
-                                "input_steps": dict(zip(keys, schedule.input_steps))})
+    schedule = build_schedule(
+        [difficulties[k] for k in keys],
+        [clusters.get(r["id"], 0) for r in rows],
+        stages,
+        s.p,
+        s.c0_ratio,
+        s.beta,
+        s.peak_fraction,
+    )
+    write_json(
+        paths.schedule,
+        {
+            "epochs": cfg.train.epochs,
+            "stages": stages,
+            "stage_unit": "epoch" if s.stages is None else "steps",
+            "peak_stage": schedule.peak,
+            "total_difficulty": schedule.total,
+            "c0": schedule.c0,
+            "table": schedule.table,
+            "input_steps": dict(zip(keys, schedule.input_steps)),
+        },
+    )
     text = format_table(schedule)
     atomic_write_text(paths.schedule.with_name("table.txt"), text + "\n")
     print(text)

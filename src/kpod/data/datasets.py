@@ -10,9 +10,10 @@ import json
 import os
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Literal
 
 from kpod.rationale import Task, normalize_gold
 
@@ -119,7 +120,9 @@ def _gsm8k_file(path: Path, prefix: str) -> list[Question]:
         if "####" not in row["answer"]:
             raise DataError(f"{path}:{i + 1}: answer has no '#### <number>' line")
         gold = normalize_gold(row["answer"].split("####")[-1], "math")
-        out.append(Question(f"{prefix}-{i}", row["question"].strip(), gold, "math", None, clean_gsm8k_solution(row["answer"])))
+        out.append(
+            Question(f"{prefix}-{i}", row["question"].strip(), gold, "math", None, clean_gsm8k_solution(row["answer"]))
+        )
     return out
 
 
@@ -147,8 +150,16 @@ def _asdiv_file(path: Path) -> list[Question]:
         if not numeric or ";" in answer or ":" in answer:
             continue  # ASDiv also holds ratio/multi-answer problems; KPOD's splits keep numeric ones
         text = f"{(problem.findtext('Body') or '').strip()} {(problem.findtext('Question') or '').strip()}"
-        out.append(Question(f"asdiv-{problem.get('ID')}", text.strip(), normalize_gold(numeric.group(), "math"), "math",
-                            None, (problem.findtext("Formula") or None)))
+        out.append(
+            Question(
+                f"asdiv-{problem.get('ID')}",
+                text.strip(),
+                normalize_gold(numeric.group(), "math"),
+                "math",
+                None,
+                (problem.findtext("Formula") or None),
+            )
+        )
     return out
 
 
@@ -174,14 +185,19 @@ def csqa_question_text(stem: str, choices: list[str]) -> str:
 
 def _official(name: str, root: Path) -> DatasetSplits:
     if name == "gsm8k":
-        return DatasetSplits(name, _gsm8k_file(root / "gsm8k/train.jsonl", "gsm8k-train"), [],
-                             _gsm8k_file(root / "gsm8k/test.jsonl", "gsm8k-test"))
+        return DatasetSplits(
+            name,
+            _gsm8k_file(root / "gsm8k/train.jsonl", "gsm8k-train"),
+            [],
+            _gsm8k_file(root / "gsm8k/test.jsonl", "gsm8k-test"),
+        )
     if name == "svamp":
         return DatasetSplits(name, [], [], _svamp_file(root / "svamp/SVAMP.json"))
     if name == "asdiv":
         return DatasetSplits(name, [], [], _asdiv_file(root / "asdiv/ASDiv.xml"))
-    return DatasetSplits(name, _csqa_file(root / "csqa/train_rand_split.jsonl"), [],
-                         _csqa_file(root / "csqa/dev_rand_split.jsonl"))
+    return DatasetSplits(
+        name, _csqa_file(root / "csqa/train_rand_split.jsonl"), [], _csqa_file(root / "csqa/dev_rand_split.jsonl")
+    )
 
 
 def _match_split(path: Path, pool: dict[str, Question], name: str) -> list[Question]:
@@ -223,8 +239,9 @@ def _mcc_kd(name: str, root: Path) -> DatasetSplits:
     return DatasetSplits(name, train, dev, test)
 
 
-def load_dataset_splits(name: str, data_dir: str | Path | None = None,
-                        split_source: Literal["mcc_kd", "official"] = "mcc_kd") -> DatasetSplits:
+def load_dataset_splits(
+    name: str, data_dir: str | Path | None = None, split_source: Literal["mcc_kd", "official"] = "mcc_kd"
+) -> DatasetSplits:
     """Load a dataset's train/dev/test questions.
 
     data_dir: a folder laid out like `KPOD_DATA_DIR` (gsm8k/, svamp/, asdiv/, csqa/,
@@ -243,8 +260,12 @@ def load_dataset_splits(name: str, data_dir: str | Path | None = None,
     return _mcc_kd(name, root)
 
 
-_HUB = {"gsm8k": ("openai/gsm8k", "main"), "svamp": ("ChilleD/SVAMP", None),
-        "asdiv": ("EleutherAI/asdiv", None), "commonsenseqa": ("tau/commonsense_qa", None)}
+_HUB = {
+    "gsm8k": ("openai/gsm8k", "main"),
+    "svamp": ("ChilleD/SVAMP", None),
+    "asdiv": ("EleutherAI/asdiv", None),
+    "commonsenseqa": ("tau/commonsense_qa", None),
+}
 
 
 def _from_hub(name: str) -> DatasetSplits:
@@ -257,18 +278,45 @@ def _from_hub(name: str) -> DatasetSplits:
         out = []
         for i, row in enumerate(ds[split]) if split in ds else []:
             if name == "gsm8k":
-                out.append(Question(f"gsm8k-{split}-{i}", row["question"], normalize_gold(row["answer"].split("####")[-1], "math"),
-                                    "math", None, clean_gsm8k_solution(row["answer"])))
+                out.append(
+                    Question(
+                        f"gsm8k-{split}-{i}",
+                        row["question"],
+                        normalize_gold(row["answer"].split("####")[-1], "math"),
+                        "math",
+                        None,
+                        clean_gsm8k_solution(row["answer"]),
+                    )
+                )
             elif name == "svamp":
-                out.append(Question(f"svamp-{row['ID']}", f"{row['Body'].strip()} {row['Question'].strip()}",
-                                    normalize_gold(row["Answer"], "math"), "math"))
+                out.append(
+                    Question(
+                        f"svamp-{row['ID']}",
+                        f"{row['Body'].strip()} {row['Question'].strip()}",
+                        normalize_gold(row["Answer"], "math"),
+                        "math",
+                    )
+                )
             elif name == "asdiv":
-                out.append(Question(f"asdiv-{i}", f"{row['body']} {row['question']}",
-                                    normalize_gold(row["answer"].split("(")[0], "math"), "math"))
+                out.append(
+                    Question(
+                        f"asdiv-{i}",
+                        f"{row['body']} {row['question']}",
+                        normalize_gold(row["answer"].split("(")[0], "math"),
+                        "math",
+                    )
+                )
             else:
                 choices = list(row["choices"]["text"])
-                out.append(Question(f"csqa-{row['id']}", csqa_question_text(row["question"], choices),
-                                    row["answerKey"], "choice", choices))
+                out.append(
+                    Question(
+                        f"csqa-{row['id']}",
+                        csqa_question_text(row["question"], choices),
+                        row["answerKey"],
+                        "choice",
+                        choices,
+                    )
+                )
         return out
 
     if name == "commonsenseqa":

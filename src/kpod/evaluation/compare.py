@@ -67,7 +67,9 @@ def load_run(run_dir: str | Path, split: str, arm: str | None = None) -> Evaluat
     run_dir = Path(run_dir)
     predictions = RunPaths(run_dir).eval_dir(split) / "predictions.jsonl"
     if not predictions.is_file():
-        raise DataError(f"{predictions}: not found; run `kpod evaluate --output-dir {run_dir}` on the {split} split first")
+        raise DataError(
+            f"{predictions}: not found; run `kpod evaluate --output-dir {run_dir}` on the {split} split first"
+        )
     rows = read_jsonl(predictions)
     if not rows:
         raise DataError(f"{predictions}: no predictions")
@@ -77,8 +79,13 @@ def load_run(run_dir: str | Path, split: str, arm: str | None = None) -> Evaluat
         if snapshot.is_file():
             seed = yaml.safe_load(snapshot.read_text()).get("seed")
             break
-    return EvaluatedRun(run_dir, arm or arm_name(run_dir), seed, {str(r["id"]): bool(r["correct"]) for r in rows},
-                        sum(bool(r.get("answer_sentence")) for r in rows) / len(rows))
+    return EvaluatedRun(
+        run_dir,
+        arm or arm_name(run_dir),
+        seed,
+        {str(r["id"]): bool(r["correct"]) for r in rows},
+        sum(bool(r.get("answer_sentence")) for r in rows) / len(rows),
+    )
 
 
 def group_runs(runs: list[EvaluatedRun]) -> list[Arm]:
@@ -88,9 +95,11 @@ def group_runs(runs: list[EvaluatedRun]) -> list[Arm]:
     questions = set(runs[0].correct)
     for run in runs[1:]:
         if set(run.correct) != questions:
-            raise DataError(f"{run.path} and {runs[0].path} were evaluated on different questions "
-                            f"({len(run.correct)} vs {len(questions)}, {len(set(run.correct) ^ questions)} not shared); "
-                            "compare runs evaluated on the same split and question set")
+            raise DataError(
+                f"{run.path} and {runs[0].path} were evaluated on different questions "
+                f"({len(run.correct)} vs {len(questions)}, {len(set(run.correct) ^ questions)} not shared); "
+                "compare runs evaluated on the same split and question set"
+            )
     return list(arms.values())
 
 
@@ -105,8 +114,10 @@ def mcnemar_exact(b: int, c: int) -> float:
 
 def discordant(a: EvaluatedRun, b: EvaluatedRun) -> tuple[int, int]:
     """(questions a gets right and b wrong, questions b gets right and a wrong)."""
-    return (sum(a.correct[q] and not b.correct[q] for q in a.correct),
-            sum(b.correct[q] and not a.correct[q] for q in a.correct))
+    return (
+        sum(a.correct[q] and not b.correct[q] for q in a.correct),
+        sum(b.correct[q] and not a.correct[q] for q in a.correct),
+    )
 
 
 def correctness_matrix(arm: Arm, questions: list[str]) -> np.ndarray:
@@ -114,7 +125,9 @@ def correctness_matrix(arm: Arm, questions: list[str]) -> np.ndarray:
     return np.array([[run.correct[q] for q in questions] for run in arm.runs], dtype=float)
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+def paired_bootstrap(
+    a: np.ndarray, b: np.ndarray, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
     """(difference, low, high): mean accuracy of a minus b (each averaged over its runs), with the
     95 % percentile interval of the difference over question resamples."""
     per_question = a.mean(0) - b.mean(0)
@@ -138,36 +151,74 @@ def compare_runs(runs: list[EvaluatedRun], resamples: int = 10_000) -> dict:
     arm_rows = []
     for arm in arms:
         accuracies = [100.0 * sum(r.correct.values()) / len(r.correct) for r in arm.runs]
-        arm_rows.append({"arm": arm.name, "runs": [str(r.path) for r in arm.runs], "seeds": [r.seed for r in arm.runs],
-                         "accuracy_mean": statistics.mean(accuracies),
-                         "accuracy_sd": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
-                         "accuracies": accuracies,
-                         "answer_sentence_rate": statistics.mean(r.answer_sentence_rate for r in arm.runs)})
+        arm_rows.append(
+            {
+                "arm": arm.name,
+                "runs": [str(r.path) for r in arm.runs],
+                "seeds": [r.seed for r in arm.runs],
+                "accuracy_mean": statistics.mean(accuracies),
+                "accuracy_sd": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
+                "accuracies": accuracies,
+                "answer_sentence_rate": statistics.mean(r.answer_sentence_rate for r in arm.runs),
+            }
+        )
     pair_rows = []
     for a, b in itertools.combinations(arms, 2):
-        diff, low, high = paired_bootstrap(correctness_matrix(a, questions), correctness_matrix(b, questions), resamples)
+        diff, low, high = paired_bootstrap(
+            correctness_matrix(a, questions), correctness_matrix(b, questions), resamples
+        )
         per_seed = []
         for ra, rb in pair_by_seed(a, b):
             wins, losses = discordant(ra, rb)
-            per_seed.append({"seed_a": ra.seed, "seed_b": rb.seed, "a_only": wins, "b_only": losses,
-                             "p": mcnemar_exact(wins, losses)})
+            per_seed.append(
+                {
+                    "seed_a": ra.seed,
+                    "seed_b": rb.seed,
+                    "a_only": wins,
+                    "b_only": losses,
+                    "p": mcnemar_exact(wins, losses),
+                }
+            )
         wins, losses = sum(s["a_only"] for s in per_seed), sum(s["b_only"] for s in per_seed)
-        pair_rows.append({"a": a.name, "b": b.name, "difference": 100 * diff, "ci_low": 100 * low, "ci_high": 100 * high,
-                          "a_only": wins, "b_only": losses, "p_pooled": mcnemar_exact(wins, losses), "per_seed": per_seed})
+        pair_rows.append(
+            {
+                "a": a.name,
+                "b": b.name,
+                "difference": 100 * diff,
+                "ci_low": 100 * low,
+                "ci_high": 100 * high,
+                "a_only": wins,
+                "b_only": losses,
+                "p_pooled": mcnemar_exact(wins, losses),
+                "per_seed": per_seed,
+            }
+        )
     return {"questions": len(questions), "arms": arm_rows, "pairs": pair_rows}
 
 
 def format_markdown(result: dict) -> str:
-    lines = [f"{result['questions']} questions", "", "| arm | runs | accuracy mean | sd | answer sentence |", "|---|---|---|---|---|"]
+    lines = [
+        f"{result['questions']} questions",
+        "",
+        "| arm | runs | accuracy mean | sd | answer sentence |",
+        "|---|---|---|---|---|",
+    ]
     for a in result["arms"]:
         sd = "" if a["accuracy_sd"] is None else f"{a['accuracy_sd']:.2f}"
-        lines.append(f"| {a['arm']} | {len(a['runs'])} | {a['accuracy_mean']:.2f}% | {sd} | {100 * a['answer_sentence_rate']:.0f}% |")
-    lines += ["", "| A vs B | A - B (points) | 95% CI (paired bootstrap) | A only / B only | McNemar p pooled | p per seed |",
-              "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {a['arm']} | {len(a['runs'])} | {a['accuracy_mean']:.2f}% | {sd} | {100 * a['answer_sentence_rate']:.0f}% |"
+        )
+    lines += [
+        "",
+        "| A vs B | A - B (points) | 95% CI (paired bootstrap) | A only / B only | McNemar p pooled | p per seed |",
+        "|---|---|---|---|---|---|",
+    ]
     for p in result["pairs"]:
         seeds = ", ".join(f"{s['p']:.3g}" for s in p["per_seed"])
-        lines.append(f"| {p['a']} vs {p['b']} | {p['difference']:+.2f} | [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}] | "
-                     f"{p['a_only']} / {p['b_only']} | {p['p_pooled']:.3g} | {seeds} |")
+        lines.append(
+            f"| {p['a']} vs {p['b']} | {p['difference']:+.2f} | [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}] | "
+            f"{p['a_only']} / {p['b_only']} | {p['p_pooled']:.3g} | {seeds} |"
+        )
     return "\n".join(lines)
 
 
@@ -180,8 +231,14 @@ def _difference_plot(result: dict) -> str:
     pairs = result["pairs"]
     fig, ax = plt.subplots(figsize=(7, 0.6 * len(pairs) + 1.2))
     for i, p in enumerate(pairs):
-        ax.errorbar(p["difference"], i, xerr=[[p["difference"] - p["ci_low"]], [p["ci_high"] - p["difference"]]], fmt="o",
-                    capsize=4, color="tab:red" if p["ci_low"] > 0 or p["ci_high"] < 0 else "tab:blue")
+        ax.errorbar(
+            p["difference"],
+            i,
+            xerr=[[p["difference"] - p["ci_low"]], [p["ci_high"] - p["difference"]]],
+            fmt="o",
+            capsize=4,
+            color="tab:red" if p["ci_low"] > 0 or p["ci_high"] < 0 else "tab:blue",
+        )
     ax.axvline(0, color="grey", lw=1)
     ax.set_yticks(range(len(pairs)), [f"{p['a']} vs {p['b']}" for p in pairs])
     ax.set_xlabel("accuracy difference A - B (points), 95% paired bootstrap CI")
@@ -195,13 +252,20 @@ def _difference_plot(result: dict) -> str:
 def write_html(result: dict, path: Path) -> None:
     table = html.escape(format_markdown(result))
     plot = f'<img alt="differences" src="data:image/png;base64,{_difference_plot(result)}">' if result["pairs"] else ""
-    Path(path).write_text(f"<!doctype html><meta charset=utf-8><title>kpod compare</title>"
-                          f"<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}</style>"
-                          f"<h1>Comparison of runs</h1>{plot}<pre>{table}</pre>")
+    Path(path).write_text(
+        f"<!doctype html><meta charset=utf-8><title>kpod compare</title>"
+        f"<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}</style>"
+        f"<h1>Comparison of runs</h1>{plot}<pre>{table}</pre>"
+    )
 
 
-def compare(run_dirs: list[str], split: str = "test", groups: list[str] | None = None, html_path: str | None = None,
-            json_path: str | None = None) -> dict:
+def compare(
+    run_dirs: list[str],
+    split: str = "test",
+    groups: list[str] | None = None,
+    html_path: str | None = None,
+    json_path: str | None = None,
+) -> dict:
     """Load, group, compare; writes the JSON (and HTML) and a `comparison.json` link in each run folder."""
     runs = [load_run(r, split) for r in run_dirs]
     for spec in groups or []:
@@ -219,7 +283,13 @@ def compare(run_dirs: list[str], split: str = "test", groups: list[str] | None =
     if html_path:
         write_html(result, Path(html_path))
     for run in runs:  # the report page of each run links to its comparison
-        write_json(run.path / "comparison.json", {"html": str(Path(html_path).resolve()) if html_path else None,
-                                                  "json": str(Path(json_path).resolve()) if json_path else None,
-                                                  "split": split, "arm": run.arm})
+        write_json(
+            run.path / "comparison.json",
+            {
+                "html": str(Path(html_path).resolve()) if html_path else None,
+                "json": str(Path(json_path).resolve()) if json_path else None,
+                "split": split,
+                "arm": run.arm,
+            },
+        )
     return result

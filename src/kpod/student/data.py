@@ -22,8 +22,16 @@ class DistillDataset(Dataset):
     """Items are dicts of lists: input_ids, labels (aligned with input_ids for causal LMs) and
     token_weights; the collator pads them."""
 
-    def __init__(self, examples: list[DistillExample], tokenizer, seq2seq: bool, max_input_tokens: int = 512,
-                 max_target_tokens: int = 384, weight_norm: str = "example_mean", overlap: str = "max"):
+    def __init__(
+        self,
+        examples: list[DistillExample],
+        tokenizer,
+        seq2seq: bool,
+        max_input_tokens: int = 512,
+        max_target_tokens: int = 384,
+        weight_norm: str = "example_mean",
+        overlap: str = "max",
+    ):
         if not examples:
             raise ValueError("no training examples")
         self.examples = examples
@@ -81,6 +89,8 @@ class DistillDataset(Dataset):
     def truncation_report(self) -> str | None:
         if not (self.truncated_inputs or self.truncated_targets):
             return None
-        return (f"truncated {len(self.truncated_inputs)} inputs (> {self.max_input_tokens} tokens) and "
-                f"{len(self.truncated_targets)} targets (> {self.max_target_tokens} tokens); raise "
-                "student.max_input_tokens / student.max_target_tokens to keep them whole")
+        return (
+            f"truncated {len(self.truncated_inputs)} inputs (> {self.max_input_tokens} tokens) and "
+            f"{len(self.truncated_targets)} targets (> {self.max_target_tokens} tokens); raise "
+            "student.max_input_tokens / student.max_target_tokens to keep them whole"
+        )

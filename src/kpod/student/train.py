@@ -17,8 +17,8 @@ from kpod.artifacts import RunPaths, rationale_key, read_json, read_rationales, 
 from kpod.config import KPODConfig
 from kpod.data.datasets import DataError, DatasetSplits
 from kpod.layout import DistillCollator, DistillExample
-from kpod.student.data import DistillDataset
 from kpod.models import add_lora, is_seq2seq, load_student, save_trained_student
+from kpod.student.data import DistillDataset
 from kpod.student.trainer import DevAccuracyCallback, DistillTrainer, StageCallback
 
 log = logging.getLogger(__name__)
@@ -30,21 +30,27 @@ def build_examples(cfg: KPODConfig, paths: RunPaths, splits: DatasetSplits | Non
         known = {q.id for q in splits.train}
         unknown = sorted({r["id"] for r in rows} - known)
         if unknown:
-            raise DataError(f"{paths.rationales('train')}: {len(unknown)} rationale id(s) match no training question of "
-                            f"{cfg.dataset} (e.g. {', '.join(unknown[:3])}); was it generated for another dataset or split?")
+            raise DataError(
+                f"{paths.rationales('train')}: {len(unknown)} rationale id(s) match no training question of "
+                f"{cfg.dataset} (e.g. {', '.join(unknown[:3])}); was it generated for another dataset or split?"
+            )
     kpod = cfg.method == "kpod"
     weights = read_weights(paths.weights) if kpod and not cfg.train.uniform_weights else {}
     schedule = {}
     if kpod and cfg.schedule.progressive:
         if not paths.schedule.is_file():
-            raise DataError(f"{paths.schedule}: schedule not found (run `kpod cluster` and `kpod calculate_difficulties`, "
-                            "or set schedule.progressive=false)")
+            raise DataError(
+                f"{paths.schedule}: schedule not found (run `kpod cluster` and `kpod calculate_difficulties`, "
+                "or set schedule.progressive=false)"
+            )
         data = read_json(paths.schedule, "delete it and rerun `kpod cluster`", ("epochs", "input_steps"))
         stages = cfg.schedule.stages or cfg.train.epochs
         if data.get("stages", data["epochs"]) != stages or data["epochs"] != cfg.train.epochs:
-            raise DataError(f"{paths.schedule} was computed for {data.get('stages', data['epochs'])} stages over "
-                            f"{data['epochs']} epochs, but the config asks for {stages} over {cfg.train.epochs}; "
-                            "recompute it (kpod cluster)")
+            raise DataError(
+                f"{paths.schedule} was computed for {data.get('stages', data['epochs'])} stages over "
+                f"{data['epochs']} epochs, but the config asks for {stages} over {cfg.train.epochs}; "
+                "recompute it (kpod cluster)"
+            )
         schedule = data["input_steps"]
     examples = []
     for row in rows:
@@ -53,7 +59,9 @@ def build_examples(cfg: KPODConfig, paths: RunPaths, splits: DatasetSplits | Non
             raise DataError(f"{paths.weights}: no weights for rationale {key}; rerun `kpod train_token_weighting`")
         if schedule and key not in schedule:
             raise DataError(f"{paths.schedule}: no schedule for rationale {key}; rerun `kpod cluster`")
-        examples.append(DistillExample(key, row["question"], row["gold"], row["steps"], weights.get(key), schedule.get(key)))
+        examples.append(
+            DistillExample(key, row["question"], row["gold"], row["steps"], weights.get(key), schedule.get(key))
+        )
     return examples
 
 
@@ -90,8 +98,11 @@ def _safetensors_whole(path: Path) -> bool:
 
 def latest_complete_checkpoint(checkpoints: Path) -> Path | None:
     """The newest checkpoint-N folder that can be resumed from; damaged newer ones are named in the log."""
-    folders = sorted((f for f in Path(checkpoints).glob("checkpoint-*") if f.is_dir() and f.name[11:].isdigit()),
-                     key=lambda f: int(f.name[11:]), reverse=True)
+    folders = sorted(
+        (f for f in Path(checkpoints).glob("checkpoint-*") if f.is_dir() and f.name[11:].isdigit()),
+        key=lambda f: int(f.name[11:]),
+        reverse=True,
+    )
     for folder in folders:
         problem = checkpoint_problem(folder)
         if problem is None:
@@ -105,14 +116,26 @@ def training_arguments(cfg: KPODConfig, paths: RunPaths) -> TrainingArguments:
     if cfg.report_to == "tensorboard":  # transformers 5 reads the folder from the environment
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(paths.root / "logs" / "tensorboard")
     return TrainingArguments(
-        output_dir=str(paths.checkpoints), num_train_epochs=t.epochs, max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate, weight_decay=t.weight_decay, warmup_steps=t.warmup_ratio,
-        lr_scheduler_type=t.lr_scheduler, bf16=t.bf16, activation_checkpointing=t.gradient_checkpointing,
+        output_dir=str(paths.checkpoints),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_ratio,
+        lr_scheduler_type=t.lr_scheduler,
+        bf16=t.bf16,
+        activation_checkpointing=t.gradient_checkpointing,
         logging_steps=t.logging_steps,
-        save_strategy="epoch" if t.save_checkpoints else "no", save_total_limit=t.save_total_limit,
-        report_to=[] if cfg.report_to == "none" else [cfg.report_to], seed=cfg.seed, data_seed=cfg.seed,
-        remove_unused_columns=False, train_sampling_strategy=t.sampling, dataloader_pin_memory=torch.cuda.is_available(),
+        save_strategy="epoch" if t.save_checkpoints else "no",
+        save_total_limit=t.save_total_limit,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        remove_unused_columns=False,
+        train_sampling_strategy=t.sampling,
+        dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),  # lets torchrun run gloo data parallelism on CPUs dataloader_num_workers=0, disable_tqdm=False, save_only_model=False,
     )
 
@@ -123,18 +146,39 @@ def train_student(cfg: KPODConfig, splits: DatasetSplits | None = None, model_pa
     base_name = model_path or cfg.student.model
     model, tokenizer = load_student(base_name, cfg.student.dtype)
     if cfg.student.lora and not hasattr(model, "peft_config"):
-        model = add_lora(model, cfg.student.lora_r, cfg.student.lora_alpha, cfg.student.lora_dropout, cfg.student.target_modules)
+        model = add_lora(
+            model, cfg.student.lora_r, cfg.student.lora_alpha, cfg.student.lora_dropout, cfg.student.target_modules
+        )
     seq2seq = is_seq2seq(model)
-    dataset = DistillDataset(examples, tokenizer, seq2seq, cfg.student.max_input_tokens, cfg.student.max_target_tokens,
-                             cfg.train.weight_norm, cfg.weighting.overlap)
+    dataset = DistillDataset(
+        examples,
+        tokenizer,
+        seq2seq,
+        cfg.student.max_input_tokens,
+        cfg.student.max_target_tokens,
+        cfg.train.weight_norm,
+        cfg.weighting.overlap,
+    )
     callbacks = [StageCallback(dataset, cfg.schedule.stages)]
     dev = None
     if cfg.train.eval_every and splits is not None and splits.dev:
-        dev = DevAccuracyCallback(splits.dev[: cfg.train.eval_questions], tokenizer, paths.student, base_name,
-                                  cfg.train.eval_every, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        dev = DevAccuracyCallback(
+            splits.dev[: cfg.train.eval_questions],
+            tokenizer,
+            paths.student,
+            base_name,
+            cfg.train.eval_every,
+            cfg.eval.max_new_tokens,
+            cfg.eval.batch_size,
+        )
         callbacks.append(dev)
-    trainer = DistillTrainer(model=model, args=training_arguments(cfg, paths), train_dataset=dataset,
-                             data_collator=DistillCollator(tokenizer.pad_token_id, seq2seq), callbacks=callbacks)
+    trainer = DistillTrainer(
+        model=model,
+        args=training_arguments(cfg, paths),
+        train_dataset=dataset,
+        data_collator=DistillCollator(tokenizer.pad_token_id, seq2seq),
+        callbacks=callbacks,
+    )
     checkpoint = latest_complete_checkpoint(paths.checkpoints) if cfg.train.resume else None
     resume = checkpoint is not None
     if resume:
@@ -150,14 +194,20 @@ def train_student(cfg: KPODConfig, splits: DatasetSplits | None = None, model_pa
         log.warning(report)
     losses = [h for h in trainer.state.log_history if "loss" in h]
     summary = {
-        "method": cfg.method, "examples": len(examples), "epochs": cfg.train.epochs, "steps": trainer.state.global_step,
-        "train_loss": result.training_loss, "seconds": seconds, "loss_history": losses,
-        "dev_history": dev.history if dev else [], "best_dev_accuracy": dev.best if dev else None,
-        "truncated_inputs": len(dataset.truncated_inputs), "truncated_targets": len(dataset.truncated_targets),
+        "method": cfg.method,
+        "examples": len(examples),
+        "epochs": cfg.train.epochs,
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "seconds": seconds,
+        "loss_history": losses,
+        "dev_history": dev.history if dev else [],
+        "best_dev_accuracy": dev.best if dev else None,
+        "truncated_inputs": len(dataset.truncated_inputs),
+        "truncated_targets": len(dataset.truncated_targets),
         "resumed": resume,
     }
     if not math.isfinite(result.training_loss):
         raise RuntimeError(f"training ended with a non-finite loss ({result.training_loss}); lower train.learning_rate")
     write_json(paths.root / "train" / "summary.json", summary)
     return {k: v for k, v in summary.items() if k != "loss_history"}  # the full history stays in the file
-

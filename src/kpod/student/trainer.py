@@ -13,18 +13,23 @@ from transformers import Trainer, TrainerCallback
 
 from kpod.data.datasets import Question
 from kpod.decoding import evaluate_questions
-from kpod.student.data import DistillDataset
 from kpod.models import is_seq2seq, save_trained_student
+from kpod.student.data import DistillDataset
 
 log = logging.getLogger(__name__)
 
 
-def weighted_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
-                        num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+def weighted_token_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    num_items_in_batch: torch.Tensor | int | None = None,
+) -> torch.Tensor:
     """sum_j w_j * NLL_j / N, N = the number of target tokens (the global count under gradient
     accumulation and data parallelism, as plain CE uses). All-ones weights give plain CE exactly."""
-    nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                          ignore_index=-100, reduction="none")
+    nll = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none"
+    )
     total = (nll * weights.reshape(-1).to(nll.dtype)).sum()
     count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
     if torch.is_tensor(count):
@@ -102,8 +107,16 @@ class StageCallback(TrainerCallback):
 class DevAccuracyCallback(TrainerCallback):
     """Every `every` epochs: dev accuracy by generation; the best model is saved to `best_dir`."""
 
-    def __init__(self, questions: list[Question], tokenizer, best_dir: Path, base_model: str, every: int = 1,
-                 max_new_tokens: int = 256, batch_size: int = 16):
+    def __init__(
+        self,
+        questions: list[Question],
+        tokenizer,
+        best_dir: Path,
+        base_model: str,
+        every: int = 1,
+        max_new_tokens: int = 256,
+        batch_size: int = 16,
+    ):
         self.questions, self.tokenizer, self.best_dir, self.base_model = questions, tokenizer, best_dir, base_model
         self.every, self.max_new_tokens, self.batch_size = every, max_new_tokens, batch_size
         self.best: float | None = None
@@ -113,8 +126,9 @@ class DevAccuracyCallback(TrainerCallback):
         epoch = int(round(state.epoch))
         if not self.every or epoch % self.every:
             return
-        metrics, _ = evaluate_questions(model, self.tokenizer, self.questions, self.max_new_tokens, self.batch_size,
-                                        progress=False)
+        metrics, _ = evaluate_questions(
+            model, self.tokenizer, self.questions, self.max_new_tokens, self.batch_size, progress=False
+        )
         accuracy = metrics["accuracy"]
         self.history.append({"epoch": epoch, "dev_accuracy": accuracy, "step": state.global_step})
         state.log_history.append({"epoch": epoch, "step": state.global_step, "eval_dev_accuracy": accuracy})

@@ -20,8 +20,10 @@ def reference_rationales(questions: list[Question]) -> list[dict]:
     """The dataset's worked solutions as rationales (GSM8K; ASDiv formulas are too terse to use)."""
     missing = [q.id for q in questions if not q.solution]
     if missing:
-        raise DataError(f"{len(missing)} question(s) have no worked solution (e.g. {missing[0]}): the 'reference' "
-                        "teacher needs a dataset that ships one (gsm8k); use teacher.kind=openai or file instead")
+        raise DataError(
+            f"{len(missing)} question(s) have no worked solution (e.g. {missing[0]}): the 'reference' "
+            "teacher needs a dataset that ships one (gsm8k); use teacher.kind=openai or file instead"
+        )
     return [rationale_record(q, f"{q.solution}\nTherefore, the answer is {q.answer}.", "reference") for q in questions]
 
 
@@ -57,7 +59,9 @@ def _pairs_mcc_kd(path: Path) -> list[tuple[dict, str, int]]:
         if "instruction" not in row or "output" not in row:
             raise DataError(f"{path}: item {i}: expected 'instruction' and 'output'")
         texts = row["output"] if isinstance(row["output"], list) else [row["output"]]
-        out.extend(({"question": row["instruction"].split("Answer Choices:")[0]}, t, k) for k, t in enumerate(texts) if t)
+        out.extend(
+            ({"question": row["instruction"].split("Answer Choices:")[0]}, t, k) for k, t in enumerate(texts) if t
+        )
     return out
 
 
@@ -77,8 +81,9 @@ def _pairs_palm_dss(folder: Path, split: str) -> list[tuple[dict, str, int]]:
     return out
 
 
-def import_rationales(path: Path, questions: list[Question], fmt: str = "auto", split: str = "train",
-                      teacher: str | None = None) -> tuple[list[dict], int]:
+def import_rationales(
+    path: Path, questions: list[Question], fmt: str = "auto", split: str = "train", teacher: str | None = None
+) -> tuple[list[dict], int]:
     """Rationales for `questions` from a file; returns (records, how many file entries matched none)."""
     path = Path(path)
     if not path.exists():

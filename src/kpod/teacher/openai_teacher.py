@@ -34,8 +34,13 @@ from kpod.teacher.records import rationale_record
 log = logging.getLogger(__name__)
 
 # USD per 1000 tokens (prompt, completion); override with teacher.price_per_1k_*.
-PRICES = {"gpt-3.5-turbo": (0.0005, 0.0015), "gpt-4o-mini": (0.00015, 0.0006), "gpt-4o": (0.0025, 0.01),
-          "gpt-4.1-mini": (0.0004, 0.0016), "gpt-4.1": (0.002, 0.008)}
+PRICES = {
+    "gpt-3.5-turbo": (0.0005, 0.0015),
+    "gpt-4o-mini": (0.00015, 0.0006),
+    "gpt-4o": (0.0025, 0.01),
+    "gpt-4.1-mini": (0.0004, 0.0016),
+    "gpt-4.1": (0.002, 0.008),
+}
 PERMANENT_STATUS = {400, 401, 403, 404, 422}
 
 
@@ -51,7 +56,9 @@ class ResponseCache:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, response TEXT NOT NULL, created REAL)")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, response TEXT NOT NULL, created REAL)"
+        )
 
     def get(self, key: str) -> dict | None:
         row = self.db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
@@ -112,7 +119,9 @@ def load_prompts(cfg: KPODConfig) -> tuple[str, str]:
     return template, system.strip()
 
 
-def request_key(base_url: str, model: str, messages: list[dict], temperature: float, max_tokens: int, sample: int) -> str:
+def request_key(
+    base_url: str, model: str, messages: list[dict], temperature: float, max_tokens: int, sample: int
+) -> str:
     blob = json.dumps([base_url.rstrip("/"), model, messages, temperature, max_tokens, sample], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -134,16 +143,22 @@ class OpenAITeacher:
         self.base_url = t.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         from openai import Timeout
 
-        self.client = AsyncOpenAI(api_key=api_key, base_url=self.base_url, max_retries=0,
-                                  timeout=Timeout(t.timeout, connect=min(10.0, t.timeout)))
+        self.client = AsyncOpenAI(
+            api_key=api_key,
+            base_url=self.base_url,
+            max_retries=0,
+            timeout=Timeout(t.timeout, connect=min(10.0, t.timeout)),
+        )
         self.last_answer = time.monotonic()
         self.waiting: dict[int, float] = {}  # request number -> when it was sent
         self.cache = cache
         self.limiter = RateLimiter(t.requests_per_minute, t.tokens_per_minute)
         self.semaphore = asyncio.Semaphore(t.concurrency)
         default = PRICES.get(t.model, (0.0, 0.0))
-        self.prices = (t.price_per_1k_prompt if t.price_per_1k_prompt is not None else default[0],
-                       t.price_per_1k_completion if t.price_per_1k_completion is not None else default[1])
+        self.prices = (
+            t.price_per_1k_prompt if t.price_per_1k_prompt is not None else default[0],
+            t.price_per_1k_completion if t.price_per_1k_completion is not None else default[1],
+        )
         self.stats = Stats()
         self.stop: TeacherError | None = None
 
@@ -170,26 +185,42 @@ class OpenAITeacher:
                     self.stats.sent += 1
                     extra = {"seed": sample} if self.t.samples_per_question > 1 else {}
                     response = await self.client.chat.completions.create(
-                        model=self.t.model, messages=messages, temperature=self.t.temperature,
-                        max_tokens=self.t.max_tokens, **extra)
+                        model=self.t.model,
+                        messages=messages,
+                        temperature=self.t.temperature,
+                        max_tokens=self.t.max_tokens,
+                        **extra,
+                    )
                     text = response.choices[0].message.content
                     if text is None:
                         raise ValueError("response without message content")
                     usage = response.usage
-                    result = {"text": text, "latency_s": time.monotonic() - started,
-                              "usage": {"prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
-                                        "completion_tokens": getattr(usage, "completion_tokens", 0) or 0}}
+                    result = {
+                        "text": text,
+                        "latency_s": time.monotonic() - started,
+                        "usage": {
+                            "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
+                            "completion_tokens": getattr(usage, "completion_tokens", 0) or 0,
+                        },
+                    }
                     self.cache.put(key, result)  # durable before it counts
                     self._account(result["usage"])
                     self.last_answer = time.monotonic()
                     return result
                 except APIStatusError as exc:
                     if exc.status_code in PERMANENT_STATUS:
-                        self.stop = TeacherError(f"the teacher endpoint refused the request ({exc.status_code}): "
-                                                 f"{exc.message}. Nothing more is sent; answered requests are cached.")
+                        self.stop = TeacherError(
+                            f"the teacher endpoint refused the request ({exc.status_code}): "
+                            f"{exc.message}. Nothing more is sent; answered requests are cached."
+                        )
                         return None
                     error, wait = f"HTTP {exc.status_code}", _retry_after(exc)
-                except (APITimeoutError, APIConnectionError, APIResponseValidationError, ValueError) as exc:  # JSON errors are ValueErrors
+                except (
+                    APITimeoutError,
+                    APIConnectionError,
+                    APIResponseValidationError,
+                    ValueError,
+                ) as exc:  # JSON errors are ValueErrors
                     error, wait = type(exc).__name__, None
                 finally:
                     self.waiting.pop(ticket, None)
@@ -206,7 +237,9 @@ class OpenAITeacher:
     def _account(self, usage: dict) -> None:
         self.stats.prompt_tokens += usage["prompt_tokens"]
         self.stats.completion_tokens += usage["completion_tokens"]
-        self.stats.cost += (usage["prompt_tokens"] * self.prices[0] + usage["completion_tokens"] * self.prices[1]) / 1000
+        self.stats.cost += (
+            usage["prompt_tokens"] * self.prices[0] + usage["completion_tokens"] * self.prices[1]
+        ) / 1000
 
 
 def build_messages(question: Question, template: str, system: str) -> list[dict]:
@@ -221,7 +254,9 @@ async def _run(cfg: KPODConfig, questions: list[Question], cache: ResponseCache,
     for q in questions:
         messages = build_messages(q, template, system)
         for sample in range(cfg.teacher.samples_per_question):
-            key = request_key(teacher.base_url, cfg.teacher.model, messages, cfg.teacher.temperature, cfg.teacher.max_tokens, sample)
+            key = request_key(
+                teacher.base_url, cfg.teacher.model, messages, cfg.teacher.temperature, cfg.teacher.max_tokens, sample
+            )
             jobs.append((q, sample, key, messages))
     bar = tqdm(total=len(jobs), desc=f"teacher {cfg.teacher.model}", disable=not progress)
     results: dict[int, dict] = {}
@@ -239,15 +274,21 @@ async def _run(cfg: KPODConfig, questions: list[Question], cache: ResponseCache,
             await asyncio.sleep(1.0)
             now, s = time.monotonic(), teacher.stats
             oldest = now - min(teacher.waiting.values()) if teacher.waiting else 0.0
-            bar.set_postfix(tokens=s.prompt_tokens + s.completion_tokens, cost=f"${s.cost:.4f}", retries=s.retries,
-                            waiting=len(teacher.waiting), oldest=f"{oldest:.0f}s")
+            bar.set_postfix(
+                tokens=s.prompt_tokens + s.completion_tokens,
+                cost=f"${s.cost:.4f}",
+                retries=s.retries,
+                waiting=len(teacher.waiting),
+                oldest=f"{oldest:.0f}s",
+            )
             silent = now - teacher.last_answer
             if teacher.waiting and silent > cfg.teacher.stall_timeout:
                 teacher.stop = TeacherError(
                     f"no answer from {teacher.base_url} for {silent:.0f} s with {len(teacher.waiting)} request(s) waiting "
                     f"(teacher.stall_timeout = {cfg.teacher.stall_timeout:g} s): the endpoint accepts connections but does not "
                     f"answer. Check the server, then rerun the same command: the {len(results)} answered requests are "
-                    "cached and not paid again")
+                    "cached and not paid again"
+                )
                 work.cancel()
                 return
 
@@ -265,28 +306,47 @@ async def _run(cfg: KPODConfig, questions: list[Question], cache: ResponseCache,
     return teacher, jobs, results
 
 
-def run_openai_teacher(cfg: KPODConfig, questions: list[Question], paths, progress: bool = True) -> tuple[list[dict], dict]:
+def run_openai_teacher(
+    cfg: KPODConfig, questions: list[Question], paths, progress: bool = True
+) -> tuple[list[dict], dict]:
     api_key = os.environ.get(cfg.teacher.api_key_env)
     if not api_key:
         raise TeacherError(
             f"no API key: set {cfg.teacher.api_key_env} (and OPENAI_BASE_URL for a non-OpenAI endpoint such as vLLM or "
             "`transformers serve`), or choose another teacher: --set teacher.kind=reference (the dataset's worked "
-            "solutions, GSM8K) or --set teacher.kind=file --set teacher.import_path=<rationales.jsonl>")
+            "solutions, GSM8K) or --set teacher.kind=file --set teacher.import_path=<rationales.jsonl>"
+        )
     cache = ResponseCache(paths.teacher_cache)
     try:
         teacher, jobs, results = asyncio.run(_run(cfg, questions, cache, api_key, progress))
     finally:
         cache.close()
-    records = [rationale_record(q, results[i]["text"], f"openai:{cfg.teacher.model}", sample, results[i]["usage"],
-                                results[i]["latency_s"]) for i, (q, sample, _, _) in enumerate(jobs) if i in results]
+    records = [
+        rationale_record(
+            q, results[i]["text"], f"openai:{cfg.teacher.model}", sample, results[i]["usage"], results[i]["latency_s"]
+        )
+        for i, (q, sample, _, _) in enumerate(jobs)
+        if i in results
+    ]
     s = teacher.stats
-    summary = {"teacher": f"openai:{cfg.teacher.model}", "endpoint": teacher.base_url, "requests_sent": s.sent,
-               "answered_from_cache": s.cached, "retries": s.retries, "failed": s.failures, "errors": s.errors,
-               "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens, "cost_usd": round(s.cost, 6)}
+    summary = {
+        "teacher": f"openai:{cfg.teacher.model}",
+        "endpoint": teacher.base_url,
+        "requests_sent": s.sent,
+        "answered_from_cache": s.cached,
+        "retries": s.retries,
+        "failed": s.failures,
+        "errors": s.errors,
+        "prompt_tokens": s.prompt_tokens,
+        "completion_tokens": s.completion_tokens,
+        "cost_usd": round(s.cost, 6),
+    }
     log.info("teacher summary: %s", summary)
     if teacher.stop:
         raise teacher.stop
     if s.failures:
-        raise TeacherError(f"{s.failures} of {len(jobs)} requests failed after {cfg.teacher.max_retries} retries "
-                           f"({s.errors}); rerun the same command: the {len(results)} answered ones are cached and not paid again")
+        raise TeacherError(
+            f"{s.failures} of {len(jobs)} requests failed after {cfg.teacher.max_retries} retries "
+            f"({s.errors}); rerun the same command: the {len(results)} answered ones are cached and not paid again"
+        )
     return records, summary

@@ -38,8 +38,16 @@ def prefix_lengths(token_ends: list[int], steps: list[str], mode: str, rng: rand
 
 
 class PrefixCollator:
-    def __init__(self, student_tokenizer, reasoner_tokenizer, reasoner_seq2seq: bool, prefixes: str = "steps",
-                 max_rationale_tokens: int = 256, max_question_tokens: int = 192, seed: int = 0):
+    def __init__(
+        self,
+        student_tokenizer,
+        reasoner_tokenizer,
+        reasoner_seq2seq: bool,
+        prefixes: str = "steps",
+        max_rationale_tokens: int = 256,
+        max_question_tokens: int = 192,
+        seed: int = 0,
+    ):
         self.student_tokenizer, self.reasoner_tokenizer = student_tokenizer, reasoner_tokenizer
         self.seq2seq, self.prefixes = reasoner_seq2seq, prefixes
         self.max_rationale_tokens, self.max_question_tokens = max_rationale_tokens, max_question_tokens
@@ -48,8 +56,13 @@ class PrefixCollator:
         self.cue_ids = torch.tensor(cue + ([reasoner_tokenizer.eos_token_id] if reasoner_seq2seq else []))
 
     def rationale_tokens(self, rationale: str) -> tuple[list[int], list[tuple[int, int]]]:
-        enc = self.student_tokenizer(rationale, add_special_tokens=False, return_offsets_mapping=True,
-                                     truncation=True, max_length=self.max_rationale_tokens)
+        enc = self.student_tokenizer(
+            rationale,
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            truncation=True,
+            max_length=self.max_rationale_tokens,
+        )
         return enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
 
     def _answer_ids(self, answer: str) -> list[int]:
@@ -67,16 +80,28 @@ class PrefixCollator:
             for k in prefix_lengths([b for _, b in offs], item.steps, self.prefixes, self.rng):
                 owners.append(r)
                 lengths.append(k)
-        questions = [self.reasoner_tokenizer(i.question + QUESTION_SEPARATOR, add_special_tokens=False, truncation=True,
-                                             max_length=self.max_question_tokens)["input_ids"] for i in items]
+        questions = [
+            self.reasoner_tokenizer(
+                i.question + QUESTION_SEPARATOR,
+                add_special_tokens=False,
+                truncation=True,
+                max_length=self.max_question_tokens,
+            )["input_ids"]
+            for i in items
+        ]
         answers = [self._answer_ids(i.answer) for i in items]
         pad = self.student_tokenizer.pad_token_id
         rpad = self.reasoner_tokenizer.pad_token_id
         return {
-            "rationale_ids": _pad(rationale_ids, pad), "rationale_mask": _pad([[1] * len(x) for x in rationale_ids], 0),
-            "question_ids": _pad(questions, rpad), "question_mask": _pad([[1] * len(x) for x in questions], 0),
-            "prefix_owner": torch.tensor(owners), "prefix_length": torch.tensor(lengths),
-            "cue_ids": self.cue_ids, "answer_ids": _pad(answers, -100), "offsets": offsets,
+            "rationale_ids": _pad(rationale_ids, pad),
+            "rationale_mask": _pad([[1] * len(x) for x in rationale_ids], 0),
+            "question_ids": _pad(questions, rpad),
+            "question_mask": _pad([[1] * len(x) for x in questions], 0),
+            "prefix_owner": torch.tensor(owners),
+            "prefix_length": torch.tensor(lengths),
+            "cue_ids": self.cue_ids,
+            "answer_ids": _pad(answers, -100),
+            "offsets": offsets,
         }
 
 

@@ -26,8 +26,28 @@ from kpod.weighting.data import PrefixCollator, WeightingItem
 from kpod.weighting.module import KeypointModel, TokenWeighter
 from kpod.weighting.train import export_weights, fit_keypoint_model
 
-FILLER = ("we", "note", "that", "it", "is", "clear", "so", "and", "also", "here", "look", "again", "some", "words",
-          "then", "first", "next", "well", "okay", "now")
+FILLER = (
+    "we",
+    "note",
+    "that",
+    "it",
+    "is",
+    "clear",
+    "so",
+    "and",
+    "also",
+    "here",
+    "look",
+    "again",
+    "some",
+    "words",
+    "then",
+    "first",
+    "next",
+    "well",
+    "okay",
+    "now",
+)
 
 
 def synthetic_items(n: int, seed: int = 0) -> list[WeightingItem]:
@@ -39,7 +59,9 @@ def synthetic_items(n: int, seed: int = 0) -> list[WeightingItem]:
         where = rng.randint(0, len(words))
         words[where:where] = [str(a), op, str(b)]
         text = " ".join(words) + "."
-        items.append(WeightingItem(f"synthetic-{i}", text, [text], "Compute the hidden result.", str(a if op == "+" else b)))
+        items.append(
+            WeightingItem(f"synthetic-{i}", text, [text], "Compute the hidden result.", str(a if op == "+" else b))
+        )
     return items
 
 
@@ -63,11 +85,20 @@ def token_roles(tokens: list[str], answer: str) -> list[str | None]:
     return roles
 
 
-def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 1000, epochs: int = 4, alpha: float = 0.5,
-                            seed: int = 0, progress: bool = True, work_dir: str | Path | None = None,
-                            warmup_epochs: int = 8, learning_rate: float = 1e-3, freeze_reasoner: bool = True,
-                            keep_rate: float | None = 0.8,
-                            **module_options) -> dict:
+def run_keypoint_diagnostic(
+    tokenizer_dir: str | Path,
+    n: int = 1000,
+    epochs: int = 4,
+    alpha: float = 0.5,
+    seed: int = 0,
+    progress: bool = True,
+    work_dir: str | Path | None = None,
+    warmup_epochs: int = 8,
+    learning_rate: float = 1e-3,
+    freeze_reasoner: bool = True,
+    keep_rate: float | None = 0.8,
+    **module_options,
+) -> dict:
     """Train the module on n synthetic rationales, return the ROC AUC of its weights on 200 new ones.
     module_options: KeypointModel keywords (estimator, masking, reasoner_input, samples); defaults
     as the weighting config's."""
@@ -75,17 +106,33 @@ def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 1000, epochs: in
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = build_tiny_model("llama", tokenizer_dir, Path(work_dir or tmp) / f"tiny-reasoner-{seed}", hidden=128, layers=2,
-                                  seed=seed)
+        folder = build_tiny_model(
+            "llama", tokenizer_dir, Path(work_dir or tmp) / f"tiny-reasoner-{seed}", hidden=128, layers=2, seed=seed
+        )
         tokenizer = load_tokenizer(str(folder))
         reasoner = load_model(str(folder))
         embeddings = reasoner.get_input_embeddings().weight.detach().clone()
-        model = KeypointModel(TokenWeighter(embeddings, heads=4, mlp_hidden=64, keep_rate=keep_rate), reasoner, alpha=alpha, **module_options)
+        model = KeypointModel(
+            TokenWeighter(embeddings, heads=4, mlp_hidden=64, keep_rate=keep_rate),
+            reasoner,
+            alpha=alpha,
+            **module_options,
+        )
         collator = PrefixCollator(tokenizer, tokenizer, False, "steps", 64, 16, seed)
         items = synthetic_items(n, seed)
         # the reasoner is random, so it first learns the task on (almost) unmasked rationales
-        history = fit_keypoint_model(model, collator, items, epochs=epochs, lr=learning_rate, batch_size=16, seed=seed,
-                                     progress=progress, warmup_epochs=warmup_epochs, freeze_reasoner=freeze_reasoner)
+        history = fit_keypoint_model(
+            model,
+            collator,
+            items,
+            epochs=epochs,
+            lr=learning_rate,
+            batch_size=16,
+            seed=seed,
+            progress=progress,
+            warmup_epochs=warmup_epochs,
+            freeze_reasoner=freeze_reasoner,
+        )
         held_out = synthetic_items(200, seed + 1)
         rows = export_weights(model, collator, held_out)
     by_role = {"needed": [], "other": [], "filler": []}
@@ -94,15 +141,29 @@ def run_keypoint_diagnostic(tokenizer_dir: str | Path, n: int = 1000, epochs: in
             if role:
                 by_role[role].append(w)
     labels = [1] * len(by_role["needed"]) + [0] * len(by_role["filler"])
-    mean = lambda xs: sum(xs) / len(xs)
+
+    def mean(xs):
+        return sum(xs) / len(xs)
+
     every = [w for ws in by_role.values() for w in ws]
-    return {"roc_auc": float(roc_auc_score(labels, by_role["needed"] + by_role["filler"])),
-            "mean_w_needed": mean(by_role["needed"]), "mean_w_unselected_operand": mean(by_role["other"]),
-            "mean_w_filler": mean(by_role["filler"]), "mean_w": mean(every), "alpha": alpha, "keep_rate": keep_rate, "train_rationales": n,
-            "epochs": epochs, "warmup_epochs": warmup_epochs, "freeze_reasoner": freeze_reasoner,
-            "estimator": model.estimator, "masking": model.masking, "reasoner_input": model.reasoner_input,
-            "answer_loss_after_warmup": history[warmup_epochs - 1]["answer_loss"] if warmup_epochs else None,
-            "final_answer_loss": history[-1]["answer_loss"]}
+    return {
+        "roc_auc": float(roc_auc_score(labels, by_role["needed"] + by_role["filler"])),
+        "mean_w_needed": mean(by_role["needed"]),
+        "mean_w_unselected_operand": mean(by_role["other"]),
+        "mean_w_filler": mean(by_role["filler"]),
+        "mean_w": mean(every),
+        "alpha": alpha,
+        "keep_rate": keep_rate,
+        "train_rationales": n,
+        "epochs": epochs,
+        "warmup_epochs": warmup_epochs,
+        "freeze_reasoner": freeze_reasoner,
+        "estimator": model.estimator,
+        "masking": model.masking,
+        "reasoner_input": model.reasoner_input,
+        "answer_loss_after_warmup": history[warmup_epochs - 1]["answer_loss"] if warmup_epochs else None,
+        "final_answer_loss": history[-1]["answer_loss"],
+    }
 
 
 def main() -> None:
@@ -113,15 +174,27 @@ def main() -> None:
     parser.add_argument("--warmup-epochs", type=int, default=8, help="epochs teaching the random reasoner the task")
     parser.add_argument("--estimator", default="score_function", choices=["score_function", "straight_through"])
     parser.add_argument("--masking", default="delete", choices=["delete", "embedding"])
-    parser.add_argument("--reasoner-input", default="reasoner_tokens", choices=["reasoner_tokens", "contextual", "token"])
+    parser.add_argument(
+        "--reasoner-input", default="reasoner_tokens", choices=["reasoner_tokens", "contextual", "token"]
+    )
     parser.add_argument("--joint", action="store_true", help="keep training the reasoner after its warm-up")
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    result = run_keypoint_diagnostic(args.tokenizer, args.n, args.epochs, args.alpha, args.seed,
-                                     warmup_epochs=args.warmup_epochs, learning_rate=args.lr, freeze_reasoner=not args.joint,
-                                     estimator=args.estimator, masking=args.masking, reasoner_input=args.reasoner_input)
+    result = run_keypoint_diagnostic(
+        args.tokenizer,
+        args.n,
+        args.epochs,
+        args.alpha,
+        args.seed,
+        warmup_epochs=args.warmup_epochs,
+        learning_rate=args.lr,
+        freeze_reasoner=not args.joint,
+        estimator=args.estimator,
+        masking=args.masking,
+        reasoner_input=args.reasoner_input,
+    )
     print(json.dumps(result, indent=1))
 
 

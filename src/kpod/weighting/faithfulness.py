@@ -60,7 +60,9 @@ class Judge:
 
     def _encode(self, question: str, rationale: str, answer: str) -> tuple[list[int], list[int]]:
         tok = self.tokenizer
-        source = tok(question + QUESTION_SEPARATOR + rationale + ANSWER_CUE, add_special_tokens=self.seq2seq)["input_ids"]
+        source = tok(question + QUESTION_SEPARATOR + rationale + ANSWER_CUE, add_special_tokens=self.seq2seq)[
+            "input_ids"
+        ]
         if self.seq2seq:
             return source, tok(answer)["input_ids"]
         return source, tok(" " + answer, add_special_tokens=False)["input_ids"]
@@ -73,14 +75,24 @@ class Judge:
             encoded = [self._encode(*row) for row in rows[start : start + self.batch_size]]
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
             batch = DistillCollator(pad, self.seq2seq)([source_target_item(*pair, self.seq2seq) for pair in encoded])
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                **({"labels": batch["labels"]} if self.seq2seq else {})).logits
+            logits = self.model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                **({"labels": batch["labels"]} if self.seq2seq else {}),
+            ).logits
             out.extend(token_nll(logits, batch["labels"], causal=not self.seq2seq).sum(1).tolist())
         return out
 
 
-def deletion_texts(rationale: str, tokens: list[str], offsets: list[list[int]], weights: list[float], fraction: float,
-                   draws: int, rng: random.Random) -> dict[str, list[str]]:
+def deletion_texts(
+    rationale: str,
+    tokens: list[str],
+    offsets: list[list[int]],
+    weights: list[float],
+    fraction: float,
+    draws: int,
+    rng: random.Random,
+) -> dict[str, list[str]]:
     """The rationale with each variant's tokens deleted (a list per variant: several random draws)."""
     n = len(tokens)
     k = max(1, round(fraction * n))
@@ -103,20 +115,36 @@ def weight_auc(rows: list[dict]) -> float | None:
     return float(roc_auc_score(labels, scores)) if 0 < sum(labels) < len(labels) else None
 
 
-def measure_faithfulness(run_dir: str | Path, *, fraction: float = 0.2, draws: int = 3, judge: str | None = None,
-                         limit: int | None = None, seed: int = 0, batch_size: int = 8, progress: bool = True,
-                         judge_cache: dict | None = None) -> dict:
+def measure_faithfulness(
+    run_dir: str | Path,
+    *,
+    fraction: float = 0.2,
+    draws: int = 3,
+    judge: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool = True,
+    judge_cache: dict | None = None,
+) -> dict:
     """Deletion test of a run's token weights on its held-out rationales; writes weights/faithfulness.json.
     judge_cache: (question, rationale, answer) -> NLL, shared between runs with the same judge (the
     intact, random and heuristic texts do not depend on the weights, so several seeds score them once)."""
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be between 0 and 1, not {fraction}")
     paths = RunPaths(run_dir)
-    heldout = set(read_json(paths.weights_heldout, "no held-out rationales recorded: rerun `kpod train_token_weighting` "
-                                                   "with weighting.holdout > 0", ("keys",))["keys"])
+    heldout = set(
+        read_json(
+            paths.weights_heldout,
+            "no held-out rationales recorded: rerun `kpod train_token_weighting` with weighting.holdout > 0",
+            ("keys",),
+        )["keys"]
+    )
     if not heldout:
-        raise DataError(f"{paths.weights_heldout}: no rationale was held out (weighting.holdout is 0); re-run "
-                        "`kpod train_token_weighting` with weighting.holdout > 0")
+        raise DataError(
+            f"{paths.weights_heldout}: no rationale was held out (weighting.holdout is 0); re-run "
+            "`kpod train_token_weighting` with weighting.holdout > 0"
+        )
     rationales = {rationale_key(r): r for r in read_rationales(paths.rationales("train"), include_incorrect=True)}
     weights = [row for row in read_jsonl(paths.weights) if row["key"] in heldout and row["tokens"]]
     weights = weights[:limit] if limit else weights
@@ -141,9 +169,15 @@ def measure_faithfulness(run_dir: str | Path, *, fraction: float = 0.2, draws: i
             record[f"damage_{v}"] = damage
         per_rationale.append(record)
     mean = {v: statistics.mean(d) for v, d in damages.items()}
-    ratio = lambda a, b: a / b if b > 0 else None
+
+    def ratio(a, b):
+        return a / b if b > 0 else None
+
     result = {
-        "judge": judge_name, "fraction": fraction, "random_draws": draws, "rationales": len(per_rationale),
+        "judge": judge_name,
+        "fraction": fraction,
+        "random_draws": draws,
+        "rationales": len(per_rationale),
         "mean_damage": mean,
         "sem_damage": {v: statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else None for v, d in damages.items()},
         "top_vs_random": ratio(mean["top"], mean["random"]),
@@ -166,18 +200,27 @@ def _cached_nll(judge: Judge, rows: list[tuple[str, str, str]], cache: dict | No
 
 
 def format_faithfulness(result: dict) -> str:
-    f = lambda x: "n/a" if x is None else f"{x:.2f}"
-    lines = [f"deletion test: {result['rationales']} held-out rationales, {100 * result['fraction']:.0f}% of tokens deleted, "
-             f"judge {result['judge']}",
-             "| deleted tokens | damage (nats) | sem | vs random |", "|---|---|---|---|"]
+    def f(x):
+        return "n/a" if x is None else f"{x:.2f}"
+
+    lines = [
+        f"deletion test: {result['rationales']} held-out rationales, {100 * result['fraction']:.0f}% of tokens deleted, "
+        f"judge {result['judge']}",
+        "| deleted tokens | damage (nats) | sem | vs random |",
+        "|---|---|---|---|",
+    ]
     random_damage = result["mean_damage"]["random"]
     names = {"top": "top by w", "bottom": "bottom by w", "heuristic": "digits/operators first", "random": "random"}
     for v in VARIANTS:
         d = result["mean_damage"][v]
-        lines.append(f"| {names[v]} | {d:.3f} | {f(result['sem_damage'][v])} | "
-                     f"{f(d / random_damage) if random_damage > 0 else 'n/a'} |")
-    lines.append(f"top/heuristic {f(result['top_vs_heuristic'])}; ROC AUC of w, digits/operators vs rest "
-                 f"{f(result['auc_digits_operators'])}")
+        lines.append(
+            f"| {names[v]} | {d:.3f} | {f(result['sem_damage'][v])} | "
+            f"{f(d / random_damage) if random_damage > 0 else 'n/a'} |"
+        )
+    lines.append(
+        f"top/heuristic {f(result['top_vs_heuristic'])}; ROC AUC of w, digits/operators vs rest "
+        f"{f(result['auc_digits_operators'])}"
+    )
     return "\n".join(lines)
 
 

@@ -50,7 +50,9 @@ def straight_through_gumbel(w: torch.Tensor, tau: float = 1.0, hard: bool = True
     return (soft > 0.5).to(soft.dtype) - soft.detach() + soft
 
 
-def score_function_surrogate(losses: torch.Tensor, log_probs: torch.Tensor, prefix_length: torch.Tensor) -> torch.Tensor:
+def score_function_surrogate(
+    losses: torch.Tensor, log_probs: torch.Tensor, prefix_length: torch.Tensor
+) -> torch.Tensor:
     """Surrogate whose gradient is the leave-one-out REINFORCE estimate of d mean_p E[L_p] / dw.
 
     losses (K, P): loss of prefix p under mask sample k; log_probs (K, P, L): log p(m_kj | w_j) of the
@@ -79,8 +81,14 @@ class TokenWeighter(nn.Module):
     (ours: the paper's Att has no stated position code, and without one the layer cannot tell the
     final result from the same number earlier on)."""
 
-    def __init__(self, student_embeddings: torch.Tensor, heads: int = 4, mlp_hidden: int = 256,
-                 positions: Literal["from_end", "none"] = "from_end", keep_rate: float | None = 0.8):
+    def __init__(
+        self,
+        student_embeddings: torch.Tensor,
+        heads: int = 4,
+        mlp_hidden: int = 256,
+        positions: Literal["from_end", "none"] = "from_end",
+        keep_rate: float | None = 0.8,
+    ):
         super().__init__()
         self.keep_rate = keep_rate
         vocab, width = student_embeddings.shape
@@ -99,7 +107,9 @@ class TokenWeighter(nn.Module):
     def width(self) -> int:
         return self.embed.embedding_dim
 
-    def forward(self, token_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, token_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x, e, w): token embeddings, contextual states and keep probabilities; (B, L, d), (B, L, d), (B, L)."""
         x = self.embed(token_ids)
         if self.positions == "from_end":
@@ -119,16 +129,28 @@ class TokenWeighter(nn.Module):
 class KeypointModel(nn.Module):
     """TokenWeighter + the reasoner's view of the masked rationale + reasoner, with L_p + alpha L_m."""
 
-    def __init__(self, weighter: TokenWeighter, reasoner: nn.Module, *, alpha: float = 0.5, tau: float = 1.0,
-                 mask_loss: Literal["ratio", "sum"] = "ratio", reasoner_input: ReasonerInput = "reasoner_tokens",
-                 estimator: Estimator = "score_function", samples: int = 2, masking: Masking = "delete",
-                 warmup_mask_rate: float = 0.15):
+    def __init__(
+        self,
+        weighter: TokenWeighter,
+        reasoner: nn.Module,
+        *,
+        alpha: float = 0.5,
+        tau: float = 1.0,
+        mask_loss: Literal["ratio", "sum"] = "ratio",
+        reasoner_input: ReasonerInput = "reasoner_tokens",
+        estimator: Estimator = "score_function",
+        samples: int = 2,
+        masking: Masking = "delete",
+        warmup_mask_rate: float = 0.15,
+    ):
         super().__init__()
         if estimator not in ("straight_through", "score_function"):
             raise ValueError(f"estimator must be 'straight_through' or 'score_function', not {estimator!r}")
         if masking == "delete" and estimator == "straight_through":
-            raise ValueError("masking='delete' leaves no gradient path through the mask: use estimator='score_function' "
-                             "or masking='embedding'")
+            raise ValueError(
+                "masking='delete' leaves no gradient path through the mask: use estimator='score_function' "
+                "or masking='embedding'"
+            )
         if estimator == "score_function" and samples < 2:
             raise ValueError(f"estimator='score_function' needs samples >= 2 (leave-one-out baseline), not {samples}")
         self.weighter = weighter
@@ -136,8 +158,10 @@ class KeypointModel(nn.Module):
         self.seq2seq = is_seq2seq(reasoner)
         reasoner_embeddings = reasoner.get_input_embeddings()
         if reasoner_input == "reasoner_tokens" and reasoner_embeddings.num_embeddings < weighter.embed.num_embeddings:
-            raise ValueError("reasoner_input='reasoner_tokens' needs a reasoner with the student's vocabulary; "
-                             "use 'token' or 'contextual' (with a reasoner warm-up) for another tokenizer")
+            raise ValueError(
+                "reasoner_input='reasoner_tokens' needs a reasoner with the student's vocabulary; "
+                "use 'token' or 'contextual' (with a reasoner warm-up) for another tokenizer"
+            )
         reasoner_width = reasoner_embeddings.embedding_dim
         scale = reasoner_embeddings.weight.detach().float().std().item()
         source_scale = 1.0 if reasoner_input == "contextual" else weighter.embed.weight.detach().float().std().item()
@@ -180,8 +204,11 @@ class KeypointModel(nn.Module):
         x, e, w = self.weighter(batch["rationale_ids"], batch["rationale_mask"])
         valid = batch["rationale_mask"].to(w.dtype)
         tokens = valid.sum(dim=1).clamp_min(1)
-        reduce_mask = (lambda m: ((m * valid).sum(1) / tokens).mean()) if self.mask_loss == "ratio" else \
-            (lambda m: (m * valid).sum(1).mean())
+        reduce_mask = (
+            (lambda m: ((m * valid).sum(1) / tokens).mean())
+            if self.mask_loss == "ratio"
+            else (lambda m: (m * valid).sum(1).mean())
+        )
         view = self._reasoner_view(batch, x, e)
         if warmup or not self.training:
             if warmup:
@@ -196,12 +223,19 @@ class KeypointModel(nn.Module):
             m = straight_through_gumbel(w, self.tau) * valid
             l_p = self._answer_loss_of(batch, view, m)
             l_m = reduce_mask(m)
-            return {"loss": l_p + self.alpha * l_m, "objective": l_p + self.alpha * l_m, "answer_loss": l_p,
-                    "mask_loss": l_m, "w": w, "m": m}
+            return {
+                "loss": l_p + self.alpha * l_m,
+                "objective": l_p + self.alpha * l_m,
+                "answer_loss": l_p,
+                "mask_loss": l_m,
+                "w": w,
+                "m": m,
+            }
         return self._score_function_step(batch, view, w, valid, reduce_mask)
 
-    def _score_function_step(self, batch: dict, view: torch.Tensor, w: torch.Tensor, valid: torch.Tensor,
-                             reduce_mask) -> dict:
+    def _score_function_step(
+        self, batch: dict, view: torch.Tensor, w: torch.Tensor, valid: torch.Tensor, reduce_mask
+    ) -> dict:
         k = self.samples
         m = (torch.rand((k,) + w.shape, device=w.device) < w.detach()).to(w.dtype) * valid  # (K, R, L)
         reasoner_learns = any(p.requires_grad for p in self.reasoner_side_parameters())
@@ -213,14 +247,22 @@ class KeypointModel(nn.Module):
         per_prefix = score_function_surrogate(losses, log_probs[:, owner], batch["prefix_length"])  # (P,)
         rationales = w.shape[0]
         prefixes = torch.bincount(owner, minlength=rationales).clamp_min(1)
-        surrogate = (torch.zeros(rationales, dtype=per_prefix.dtype, device=per_prefix.device)
-                     .index_add_(0, owner, per_prefix) / prefixes).mean()
+        surrogate = (
+            torch.zeros(rationales, dtype=per_prefix.dtype, device=per_prefix.device).index_add_(0, owner, per_prefix)
+            / prefixes
+        ).mean()
         l_p = self._per_rationale(losses.mean(0), owner, rationales).mean()
         expected_l_m = reduce_mask(w)  # E[m_j] = w_j: the exact gradient of E[L_m], no sampling
         loss = surrogate + self.alpha * expected_l_m + (l_p if reasoner_learns else 0.0)
         objective = l_p.detach() + self.alpha * expected_l_m.detach()
-        return {"loss": loss, "objective": objective, "answer_loss": l_p.detach(), "mask_loss": expected_l_m.detach(),
-                "w": w, "m": m[0]}
+        return {
+            "loss": loss,
+            "objective": objective,
+            "answer_loss": l_p.detach(),
+            "mask_loss": expected_l_m.detach(),
+            "w": w,
+            "m": m[0],
+        }
 
     def _reasoner_view(self, batch: dict, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """The reasoner's input vector for each (unmasked) rationale token: (R, L, d_reasoner)."""
@@ -230,11 +272,15 @@ class KeypointModel(nn.Module):
 
     def _answer_loss_of(self, batch: dict, view: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """L_p under one mask m (R, L): prefix losses averaged per rationale, then over rationales."""
-        return self._per_rationale(self._prefix_losses(batch, view, m.unsqueeze(0))[0], batch["prefix_owner"], len(m)).mean()
+        return self._per_rationale(
+            self._prefix_losses(batch, view, m.unsqueeze(0))[0], batch["prefix_owner"], len(m)
+        ).mean()
 
     @staticmethod
     def _per_rationale(prefix_values: torch.Tensor, owner: torch.Tensor, rationales: int) -> torch.Tensor:
-        total = torch.zeros(rationales, dtype=prefix_values.dtype, device=prefix_values.device).index_add_(0, owner, prefix_values)
+        total = torch.zeros(rationales, dtype=prefix_values.dtype, device=prefix_values.device).index_add_(
+            0, owner, prefix_values
+        )
         return total / torch.bincount(owner, minlength=rationales).clamp_min(1)
 
     def _prefix_losses(self, batch: dict, view: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -254,7 +300,9 @@ class KeypointModel(nn.Module):
         nll = self._answer_nll(batch, owner.repeat(k), rationale.flatten(0, 1), rationale_mask.flatten(0, 1))
         return nll.view(k, -1)
 
-    def _answer_nll(self, batch: dict, owner: torch.Tensor, rationale: torch.Tensor, rationale_mask: torch.Tensor) -> torch.Tensor:
+    def _answer_nll(
+        self, batch: dict, owner: torch.Tensor, rationale: torch.Tensor, rationale_mask: torch.Tensor
+    ) -> torch.Tensor:
         """Answer NLL of rows [question; rationale; cue; answer] (N,); masked-out positions are removed."""
         embed = self.reasoner.get_input_embeddings()
         question = embed(batch["question_ids"])[owner]
@@ -274,17 +322,28 @@ class KeypointModel(nn.Module):
             answer_mask = (answers != -100).to(question_mask.dtype)
             inputs = torch.cat([question, rationale.to(question.dtype), cue, answer_embeds], dim=1)
             mask = torch.cat([question_mask, rationale_mask, cue_mask, answer_mask], dim=1)
-            labels = torch.cat([torch.full(mask.shape[:1] + (mask.shape[1] - answers.shape[1],), -100,
-                                           dtype=answers.dtype, device=answers.device), answers], dim=1)
+            labels = torch.cat(
+                [
+                    torch.full(
+                        mask.shape[:1] + (mask.shape[1] - answers.shape[1],),
+                        -100,
+                        dtype=answers.dtype,
+                        device=answers.device,
+                    ),
+                    answers,
+                ],
+                dim=1,
+            )
             # left padding puts every answer at the end of its row, so only the last A + 1 positions
             # need vocabulary logits (the rest would cost (P x length x vocab) memory for nothing);
             # positions count only the kept tokens, so a removed token leaves no gap
             inputs, mask, labels = _pack(inputs, mask, labels, padding="left")
             position_ids = (mask.long().cumsum(1) - 1).clamp_min(0)
             keep = answers.shape[1] + 1
-            logits = self.reasoner(inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids,
-                                   logits_to_keep=keep).logits[:, :-1]
-            targets = labels[:, -(keep - 1):]
+            logits = self.reasoner(
+                inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids, logits_to_keep=keep
+            ).logits[:, :-1]
+            targets = labels[:, -(keep - 1) :]
         return F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none").sum(dim=1)
 
     @torch.no_grad()
@@ -297,7 +356,9 @@ def _distance_from_end_encoding(attention_mask: torch.Tensor, width: int) -> tor
     """Sinusoidal code (B, L, width) of (tokens after j) for each valid token j; 0 at padding."""
     valid = attention_mask.float()
     distance = valid.sum(1, keepdim=True) - valid.cumsum(1)  # 0 for the last token
-    frequencies = torch.exp(-torch.arange(0, width, 2, dtype=torch.float32) * (torch.log(torch.tensor(10000.0)) / width))
+    frequencies = torch.exp(
+        -torch.arange(0, width, 2, dtype=torch.float32) * (torch.log(torch.tensor(10000.0)) / width)
+    )
     angles = distance.unsqueeze(-1) * frequencies
     code = torch.zeros(*distance.shape, width)
     code[..., 0::2] = torch.sin(angles)
@@ -310,5 +371,8 @@ def _pack(inputs: torch.Tensor, mask: torch.Tensor, *extra: torch.Tensor, paddin
     of [question; prefix; cue; answer] ends up at the right (or left) end of the row."""
     key = (mask == 0) if padding == "right" else (mask != 0)
     order = torch.sort(key.to(torch.int8), dim=1, stable=True).indices
-    gather = lambda t: torch.gather(t, 1, order if t.dim() == 2 else order.unsqueeze(-1).expand_as(t))
+
+    def gather(t):
+        return torch.gather(t, 1, order if t.dim() == 2 else order.unsqueeze(-1).expand_as(t))
+
     return (gather(inputs), gather(mask), *[gather(t) for t in extra])

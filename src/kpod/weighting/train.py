@@ -25,26 +25,49 @@ def build_keypoint_model(cfg: KPODConfig, student_name: str | None = None):
     reasoner_name = w.reasoner or student_name
     student_tokenizer, reasoner_tokenizer = load_tokenizer(student_name), load_tokenizer(reasoner_name)
     if w.reasoner_input == "reasoner_tokens" and student_tokenizer.get_vocab() != reasoner_tokenizer.get_vocab():
-        raise ValueError(f"weighting.reasoner_input=reasoner_tokens needs the student's tokenizer, but the reasoner "
-                         f"{reasoner_name} has another: set weighting.reasoner_input=token and weighting.reasoner_warmup_epochs>0")
+        raise ValueError(
+            f"weighting.reasoner_input=reasoner_tokens needs the student's tokenizer, but the reasoner "
+            f"{reasoner_name} has another: set weighting.reasoner_input=token and weighting.reasoner_warmup_epochs>0"
+        )
     student = load_model(student_name)
     embeddings = student.get_input_embeddings().weight.detach().float().clone()
     del student
     reasoner = load_model(reasoner_name)
     if w.reasoner_lora:
-        reasoner = add_lora(reasoner, cfg.student.lora_r, cfg.student.lora_alpha, cfg.student.lora_dropout,
-                            cfg.student.target_modules)
+        reasoner = add_lora(
+            reasoner, cfg.student.lora_r, cfg.student.lora_alpha, cfg.student.lora_dropout, cfg.student.target_modules
+        )
     if w.gradient_checkpointing and not (w.freeze_reasoner and w.reasoner_warmup_epochs == 0):
         reasoner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     weighter = TokenWeighter(embeddings, w.attention_heads, w.mlp_hidden, w.positions, w.keep_rate)
-    model = KeypointModel(weighter, reasoner, alpha=w.alpha, tau=w.gumbel_tau, mask_loss=w.mask_loss,
-                          reasoner_input=w.reasoner_input, estimator=w.estimator, samples=w.samples, masking=w.masking)
+    model = KeypointModel(
+        weighter,
+        reasoner,
+        alpha=w.alpha,
+        tau=w.gumbel_tau,
+        mask_loss=w.mask_loss,
+        reasoner_input=w.reasoner_input,
+        estimator=w.estimator,
+        samples=w.samples,
+        masking=w.masking,
+    )
     return model, student_tokenizer, reasoner_tokenizer
 
 
-def fit_keypoint_model(model: KeypointModel, collator: PrefixCollator, items: list[WeightingItem], *, epochs: int,
-                       lr: float, batch_size: int, seed: int = 0, progress: bool = True, warmup_epochs: int = 0,
-                       freeze_reasoner: bool = True, reasoner_lr: float | None = None) -> list[dict]:
+def fit_keypoint_model(
+    model: KeypointModel,
+    collator: PrefixCollator,
+    items: list[WeightingItem],
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int = 0,
+    progress: bool = True,
+    warmup_epochs: int = 0,
+    freeze_reasoner: bool = True,
+    reasoner_lr: float | None = None,
+) -> list[dict]:
     """Train the module. The first `warmup_epochs` train only the reasoner side (reasoner, P, v_mask)
     on randomly masked rationales, so that L_p can tell needed tokens from filler once the learned
     masks start; with `freeze_reasoner` the reasoner side is fixed from then on.
@@ -54,7 +77,9 @@ def fit_keypoint_model(model: KeypointModel, collator: PrefixCollator, items: li
     torch.manual_seed(seed)
     weighter_params = [p for p in model.weighter.parameters() if p.requires_grad]
     reasoner_params = model.reasoner_side_parameters()
-    optimizer = torch.optim.AdamW([{"params": weighter_params}, {"params": reasoner_params, "lr": reasoner_lr or lr}], lr=lr)
+    optimizer = torch.optim.AdamW(
+        [{"params": weighter_params}, {"params": reasoner_params, "lr": reasoner_lr or lr}], lr=lr
+    )
     generator = torch.Generator().manual_seed(seed)
     history = []
     model.train()
@@ -65,7 +90,11 @@ def fit_keypoint_model(model: KeypointModel, collator: PrefixCollator, items: li
         order = torch.randperm(len(items), generator=generator).tolist()
         totals = {"objective": 0.0, "answer_loss": 0.0, "mask_loss": 0.0, "mean_w": 0.0}
         batches = range(0, len(order), batch_size)
-        label = f"reasoner warm-up {epoch + 1}/{warmup_epochs}" if warming else f"token weighting epoch {epoch + 1 - warmup_epochs}/{epochs}"
+        label = (
+            f"reasoner warm-up {epoch + 1}/{warmup_epochs}"
+            if warming
+            else f"token weighting epoch {epoch + 1 - warmup_epochs}/{epochs}"
+        )
         bar = tqdm(batches, desc=label, disable=not progress, leave=False)
         for start in bar:
             batch = collator([items[i] for i in order[start : start + batch_size]])
@@ -89,7 +118,9 @@ def fit_keypoint_model(model: KeypointModel, collator: PrefixCollator, items: li
 
 
 @torch.no_grad()
-def export_weights(model: KeypointModel, collator: PrefixCollator, items: list[WeightingItem], batch_size: int = 16) -> list[dict]:
+def export_weights(
+    model: KeypointModel, collator: PrefixCollator, items: list[WeightingItem], batch_size: int = 16
+) -> list[dict]:
     model.eval()
     rows = []
     for start in range(0, len(items), batch_size):
@@ -102,8 +133,14 @@ def export_weights(model: KeypointModel, collator: PrefixCollator, items: list[W
         mask = torch.tensor([[1] * len(x) + [0] * (longest - len(x)) for x in ids])
         weights = model.token_weights(tensor, mask)
         for item, (token_ids, offsets), w in zip(chunk, encoded, weights):
-            rows.append({"key": item.key, "tokens": collator.student_tokenizer.convert_ids_to_tokens(token_ids),
-                         "offsets": [list(o) for o in offsets], "weights": [round(float(x), 5) for x in w[: len(token_ids)]]})
+            rows.append(
+                {
+                    "key": item.key,
+                    "tokens": collator.student_tokenizer.convert_ids_to_tokens(token_ids),
+                    "offsets": [list(o) for o in offsets],
+                    "weights": [round(float(x), 5) for x in w[: len(token_ids)]],
+                }
+            )
     return rows
 
 
@@ -123,24 +160,52 @@ def train_weighting(cfg: KPODConfig) -> dict:
     w = cfg.weighting
     held_out = held_out_questions([str(r["id"]) for r in usable], w.holdout)
     train_rows = [r for r in usable if str(r["id"]) not in held_out]
-    to_items = lambda rows: [WeightingItem(rationale_key(r), r["rationale"], r["steps"], r["question"], r["gold"]) for r in rows]
+
+    def to_items(rows):
+        return [WeightingItem(rationale_key(r), r["rationale"], r["steps"], r["question"], r["gold"]) for r in rows]
+
     torch.manual_seed(cfg.seed)
     model, student_tok, reasoner_tok = build_keypoint_model(cfg)
-    collator = PrefixCollator(student_tok, reasoner_tok, is_seq2seq(model.reasoner), w.prefixes, w.max_rationale_tokens,
-                              w.max_question_tokens, cfg.seed)
+    collator = PrefixCollator(
+        student_tok,
+        reasoner_tok,
+        is_seq2seq(model.reasoner),
+        w.prefixes,
+        w.max_rationale_tokens,
+        w.max_question_tokens,
+        cfg.seed,
+    )
     start = time.time()
-    history = fit_keypoint_model(model, collator, to_items(train_rows), epochs=w.epochs, lr=w.learning_rate,
-                                 batch_size=w.batch_size, seed=cfg.seed, warmup_epochs=w.reasoner_warmup_epochs,
-                                 freeze_reasoner=w.freeze_reasoner, reasoner_lr=w.reasoner_learning_rate)
+    history = fit_keypoint_model(
+        model,
+        collator,
+        to_items(train_rows),
+        epochs=w.epochs,
+        lr=w.learning_rate,
+        batch_size=w.batch_size,
+        seed=cfg.seed,
+        warmup_epochs=w.reasoner_warmup_epochs,
+        freeze_reasoner=w.freeze_reasoner,
+        reasoner_lr=w.reasoner_learning_rate,
+    )
     seconds = time.time() - start
     rows = export_weights(model, collator, to_items(all_rows))
     write_jsonl(paths.weights, rows)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(("reasoner.", "weighter.embed."))}
-    torch.save({"state_dict": state, "config": w.model_dump(mode="json"), "student": cfg.student.model}, paths.weighting_module)
+    torch.save(
+        {"state_dict": state, "config": w.model_dump(mode="json"), "student": cfg.student.model}, paths.weighting_module
+    )
     held_out_keys = [rationale_key(r) for r in usable if str(r["id"]) in held_out]
     write_json(paths.weights_heldout, {"questions": sorted(held_out), "keys": held_out_keys})
     mean_w = sum(sum(r["weights"]) for r in rows) / max(1, sum(len(r["weights"]) for r in rows))
-    summary = {"rationales": len(rows), "trained_on": len(train_rows), "held_out": len(held_out_keys), "epochs": w.epochs,
-               "seconds": seconds, "mean_weight": mean_w, "history": history}
+    summary = {
+        "rationales": len(rows),
+        "trained_on": len(train_rows),
+        "held_out": len(held_out_keys),
+        "epochs": w.epochs,
+        "seconds": seconds,
+        "mean_weight": mean_w,
+        "history": history,
+    }
     write_json(paths.root / "weights" / "summary.json", summary)
     return summary

@@ -57,8 +57,10 @@ def html_block(rationale: str, offsets, weights) -> str:
         if w is None:
             spans.append(safe)
         else:
-            spans.append(f'<span class="w" style="background: rgba(220, 40, 40, {0.05 + 0.85 * r:.2f})" '
-                         f'title="w = {w:.3f}, rank {r:.2f} in this rationale">{safe}</span>')
+            spans.append(
+                f'<span class="w" style="background: rgba(220, 40, 40, {0.05 + 0.85 * r:.2f})" '
+                f'title="w = {w:.3f}, rank {r:.2f} in this rationale">{safe}</span>'
+            )
     return '<p class="rationale">' + "".join(spans) + "</p>"
 
 
@@ -82,8 +84,10 @@ def weight_examples(run_dir: str | Path, n: int = 3) -> list[tuple[dict, list, l
     return out
 
 
-HTML_STYLE = ("body{font-family:sans-serif;max-width:60em;margin:2em auto} .rationale{line-height:1.9}"
-              " .w{border-radius:3px;padding:1px 0}")
+HTML_STYLE = (
+    "body{font-family:sans-serif;max-width:60em;margin:2em auto} .rationale{line-height:1.9}"
+    " .w{border-radius:3px;padding:1px 0}"
+)
 
 
 def show_weights(run_dir: str | Path, n: int = 3, html_path: str | None = None) -> dict:
@@ -92,8 +96,11 @@ def show_weights(run_dir: str | Path, n: int = 3, html_path: str | None = None) 
         print(f"\n{row['id']}  Q: {row['question']}")
         print(terminal_line(row["rationale"], offsets, weights))
     if html_path:
-        body = "".join(f"<h3>{html.escape(r['id'])}</h3><p><b>Q:</b> {html.escape(r['question'])}</p>{html_block(r['rationale'], o, w)}"
-                       for r, o, w in examples)
-        Path(html_path).write_text(f"<!doctype html><meta charset=utf-8><style>{HTML_STYLE}</style>"
-                                   f"<h1>Token weights</h1>{body}")
+        body = "".join(
+            f"<h3>{html.escape(r['id'])}</h3><p><b>Q:</b> {html.escape(r['question'])}</p>{html_block(r['rationale'], o, w)}"
+            for r, o, w in examples
+        )
+        Path(html_path).write_text(
+            f"<!doctype html><meta charset=utf-8><style>{HTML_STYLE}</style><h1>Token weights</h1>{body}"
+        )
     return {"shown": len(examples), "html": html_path}
