@@ -8,6 +8,7 @@ names (`student_model_name`, `lora_r`, `epochs`, ...) are accepted and mapped (s
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import Any, Literal
@@ -22,8 +23,49 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message names the key."""
 
 
+_reads: set[str] | None = None  # the config fields read while record_reads() is active
+
+
+@contextlib.contextmanager
+def record_reads():
+    """Collect the dotted names of the config fields read inside the block (one stage of one process),
+    so the stage's up-to-date key holds exactly what it read. Fields read through a section's
+    model_dump count as read; the whole-config snapshot does not (it is a log, not an input)."""
+    global _reads
+    outer, _reads = _reads, set()
+    try:
+        yield _reads
+    finally:
+        _reads = outer
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def __getattribute__(self, name: str):
+        value = super().__getattribute__(name)
+        if _reads is not None and not name.startswith("_") and name in type(self).model_fields:
+            if not isinstance(value, _Section):
+                _reads.add(_SECTION_PATHS[type(self)] + name)
+        return value
+
+    def model_dump(self, **kwargs) -> dict:
+        if _reads is not None:
+            prefix = _SECTION_PATHS[type(self)]
+            _reads.update(prefix + leaf for leaf in leaf_fields(type(self)))
+        return super().model_dump(**kwargs)
+
+
+def leaf_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted names of every non-section field, e.g. weighting.alpha."""
+    out = []
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, _Section):
+            out.extend(leaf_fields(kind, f"{prefix}{name}."))
+        else:
+            out.append(prefix + name)
+    return out
 
 
 class DataConfig(_Section):
@@ -93,10 +135,6 @@ class TeacherConfig(_Section):
     import_path: Path | None = Field(None, description="kind=file: the JSON/JSONL file with rationales.")
     import_format: Literal["auto", "jsonl", "mcc_kd", "palm_dss"] = Field(
         "auto", description="kind=file: layout of import_path."
-    )
-    filter_incorrect: bool = Field(
-        True,
-        description="Drop rationales whose answer disagrees with the gold answer from training (they stay in the file, marked).",
     )
 
 
@@ -350,7 +388,21 @@ class KPODConfig(_Section):
         return Path("outputs") / self.dataset / Path(self.student.model.rstrip("/")).name
 
     def snapshot(self) -> dict:
-        return self.model_dump(mode="json")
+        return BaseModel.model_dump(self, mode="json")
+
+    def value_at(self, dotted: str):
+        """The JSON value of a dotted field (weighting.alpha), read without being recorded."""
+        node = self.snapshot()
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+
+_SECTION_PATHS: dict[type, str] = {KPODConfig: ""} | {
+    field.annotation: f"{name}."
+    for name, field in KPODConfig.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, _Section)
+}
 
 
 # Flat names of the original KPOD README -> our dotted keys.
@@ -394,6 +446,16 @@ def _map_original_names(raw: dict) -> dict:
     return out
 
 
+def _map_retired_fields(raw: dict) -> dict:
+    teacher = raw.get("teacher")
+    if isinstance(teacher, dict) and "filter_incorrect" in teacher:
+        # an earlier field that duplicated train.include_incorrect (and only changed a summary count)
+        raw = {**raw, "teacher": {k: v for k, v in teacher.items() if k != "filter_incorrect"}}
+        train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+        raw["train"] = {"include_incorrect": not teacher["filter_incorrect"], **train}
+    return raw
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """`a.b=value` with the value parsed as YAML (numbers, booleans, lists, null)."""
     if "=" not in item:
@@ -422,6 +484,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
     for key, value in items:
         _set_dotted(raw, key, value)
+    raw = _map_retired_fields(raw)
     try:
         return KPODConfig.model_validate(raw)
     except ValidationError as exc:

@@ -1,8 +1,10 @@
 """The pipeline stages as plain functions over a config; each writes its files into the run folder.
 
 generate -> train_token_weighting -> calculate_difficulties -> cluster -> train -> evaluate.
-`full_pipeline` runs them in order and skips a stage whose outputs exist and whose inputs and
-config are unchanged (a content hash stored in `stages.json`).
+Each stage records in `stages.json` the config fields it read (with their values), the digests of
+the run-folder files it read and its arguments. `full_pipeline` runs the stages in order and skips
+one whose record still holds; a stage run by hand refuses input files whose own record no longer
+holds (computed from other settings or older files).
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 
 import yaml
 
 from kpod.artifacts import RunPaths, read_json, write_json, write_jsonl
-from kpod.config import KPODConfig
+from kpod.config import KPODConfig, record_reads
 from kpod.data.datasets import DataError, DatasetSplits, load_dataset_splits
 
 log = logging.getLogger("kpod")
@@ -69,59 +73,63 @@ def stage_logging(cfg: KPODConfig, stage: str):
 
 
 def generate(cfg: KPODConfig, split: str = "train") -> dict:
+    """Teacher rationales for a split: rationales/<split>.jsonl and its summary."""
     from kpod.teacher.importers import import_rationales, reference_rationales
 
-    splits = load_splits(cfg)
-    questions = splits.split(split)
-    with stage_logging(cfg, "generate") as paths:
-        out = paths.rationales(split)
-        t = cfg.teacher
-        if t.kind == "reference":
-            records = reference_rationales(questions)
-            summary = {"teacher": "reference"}
-        elif t.kind == "file":
-            records, unmatched = import_rationales(t.import_path, questions, t.import_format, split)
-            summary = {"teacher": f"file:{t.import_path}", "unmatched_entries": unmatched}
-        else:
-            from kpod.teacher.openai_teacher import run_openai_teacher
+    with recorded_stage(cfg, "generate"):
+        splits = load_splits(cfg)
+        questions = splits.split(split)
+        with stage_logging(cfg, "generate") as paths:
+            out = paths.rationales(split)
+            t = cfg.teacher
+            if t.kind == "reference":
+                records = reference_rationales(questions)
+                summary = {"teacher": "reference"}
+            elif t.kind == "file":
+                records, unmatched = import_rationales(t.import_path, questions, t.import_format, split)
+                summary = {"teacher": f"file:{t.import_path}", "unmatched_entries": unmatched}
+            else:
+                from kpod.teacher.openai_teacher import run_openai_teacher
 
-            records, summary = run_openai_teacher(cfg, questions, paths)
-        write_jsonl(out, records)
-        correct = sum(r["correct"] for r in records)
-        summary.update(
-            {
-                "split": split,
-                "questions": len(questions),
-                "rationales": len(records),
-                "correct": correct,
-                "teacher_accuracy": 100.0 * correct / max(1, len(records)),
-                "kept_for_training": correct if t.filter_incorrect else len(records),
-            }
-        )
-        write_json(paths.root / "rationales" / f"{split}.summary.json", summary)
-        log.info("wrote %d rationales (%d correct) to %s", len(records), correct, out)
-        return summary
+                records, summary = run_openai_teacher(cfg, questions, paths)
+            write_jsonl(out, records)
+            correct = sum(r["correct"] for r in records)
+            summary.update(
+                {
+                    "split": split,
+                    "questions": len(questions),
+                    "rationales": len(records),
+                    "correct": correct,
+                    "teacher_accuracy": 100.0 * correct / max(1, len(records)),
+                }
+            )
+            write_json(paths.root / "rationales" / f"{split}.summary.json", summary)
+            log.info("wrote %d rationales (%d correct) to %s", len(records), correct, out)
+            return summary
 
 
 def train_token_weighting(cfg: KPODConfig) -> dict:
+    """The mask-learning module and the token weights of every training rationale: weights/."""
     from kpod.weighting.train import train_weighting
 
-    with stage_logging(cfg, "train_token_weighting"):
+    with recorded_stage(cfg, "train_token_weighting"), stage_logging(cfg, "train_token_weighting"):
         return train_weighting(cfg)
 
 
 def calculate_difficulties(cfg: KPODConfig) -> dict:
+    """Step difficulties from the pretrained student: difficulty/difficulties.jsonl."""
     from kpod.curriculum.difficulty import compute_difficulties
 
-    with stage_logging(cfg, "calculate_difficulties"):
+    with recorded_stage(cfg, "calculate_difficulties"), stage_logging(cfg, "calculate_difficulties"):
         return compute_difficulties(cfg)
 
 
 def cluster(cfg: KPODConfig) -> dict:
+    """Question clusters and, given difficulties, the progressive schedule: clusters/, schedule/."""
     from kpod.curriculum.cluster import cluster_questions
     from kpod.curriculum.schedule import build_schedule_file
 
-    with stage_logging(cfg, "cluster"):
+    with recorded_stage(cfg, "cluster"), stage_logging(cfg, "cluster"):
         summary = cluster_questions(cfg)
         if RunPaths(cfg.run_dir).difficulties.is_file():
             summary["schedule"] = build_schedule_file(cfg)
@@ -129,22 +137,29 @@ def cluster(cfg: KPODConfig) -> dict:
 
 
 def train(cfg: KPODConfig, model_path: str | None = None) -> dict:
+    """The student (KPOD or Std-CoT): student/. model_path: start from this model instead of student.model."""
     from kpod.student.train import train_student
 
-    with stage_logging(cfg, "train"):
+    with recorded_stage(cfg, "train", {"model_path": model_path}), stage_logging(cfg, "train"):
         splits = load_splits(cfg)
         return train_student(cfg, splits, model_path)
 
 
 def evaluate(cfg: KPODConfig, model_path: str | None = None, split: str | None = None, tag: str | None = None) -> dict:
-    """Accuracy of a student on a split. model_path: a `kpod train` output folder, a hub id or a
-    local model; default: the run folder's trained student, else the base model."""
+    """Accuracy of a student on a split: eval/<split>[-<tag>]/. model_path: a `kpod train` output folder,
+    a hub id or a local model; default: the run folder's trained student, else the base model. A
+    student trained on another dataset is evaluated into eval/<split>-<dataset> unless a tag is given."""
     from kpod.artifacts import write_eval
     from kpod.decoding import evaluate_questions
     from kpod.models import load_student
 
+    paths = RunPaths(cfg.run_dir)
     split = split or cfg.eval.split
-    with stage_logging(cfg, "evaluate") as paths:
+    trained_on = _trained_dataset(paths)
+    if tag is None and model_path is None and trained_on not in (None, cfg.dataset):
+        tag = cfg.dataset
+    folder = paths.eval_dir(split if tag is None else f"{split}-{tag}")
+    with recorded_stage(cfg, f"evaluate/{folder.name}", {"model_path": model_path}), stage_logging(cfg, "evaluate"):
         questions = load_splits(cfg).split(split)
         if not questions:
             raise DataError(f"{cfg.dataset} has no {split} split with this split_source")
@@ -156,7 +171,6 @@ def evaluate(cfg: KPODConfig, model_path: str | None = None, split: str | None =
             model, tokenizer, questions, cfg.eval.max_new_tokens, cfg.eval.batch_size
         )
         metrics.update({"model": source, "split": split, "dataset": cfg.dataset})
-        folder = paths.eval_dir(split if tag is None else f"{split}-{tag}")
         write_eval(folder, metrics, predictions)
         log.info(
             "%s on %s/%s: accuracy %.2f%% (%d/%d)",
@@ -170,99 +184,207 @@ def evaluate(cfg: KPODConfig, model_path: str | None = None, split: str | None =
         return metrics
 
 
-# ---------------------------------------------------------------- full pipeline
+def _trained_dataset(paths: RunPaths) -> str | None:
+    snapshot = paths.root / "configs" / "train.yaml"
+    if not (paths.student / "kpod_student.json").is_file() or not snapshot.is_file():
+        return None
+    return (yaml.safe_load(snapshot.read_text()) or {}).get("dataset")
 
 
-def _hash(*parts) -> str:
+# ---------------------------------------------------------------- what each stage read
+
+MANIFEST = "stages.json"
+# where files and logs go, not what a stage computes
+NOT_INPUTS = {"output_dir", "report_to"}
+
+
+class StaleInputError(DataError):
+    """A stage's input file was computed from other settings or files than the ones in force now."""
+
+
+def _input_files(cfg: KPODConfig, stage: str) -> list[Path]:
+    """The run-folder files a stage reads (the config fields it reads are recorded while it runs)."""
+    p = RunPaths(cfg.run_dir)
+    c = cfg.snapshot()
+    if stage == "generate":
+        path = c["teacher"]["import_path"]
+        return [Path(path)] if c["teacher"]["kind"] == "file" and path else []
+    if stage == "train_token_weighting":
+        return [p.rationales("train")]
+    if stage == "calculate_difficulties":
+        return [p.rationales("train")] + ([p.weights] if c["difficulty"]["use_weights"] else [])
+    if stage == "cluster":
+        return [p.rationales("train")] + ([p.difficulties] if p.difficulties.is_file() else [])
+    if stage == "train":
+        if c["method"] == "std-cot":
+            return [p.rationales("train")]
+        weights = [] if c["train"]["uniform_weights"] else [p.weights]
+        schedule = [p.schedule] if c["schedule"]["progressive"] else []
+        return [p.rationales("train")] + weights + schedule
+    return []
+
+
+def _outputs(cfg: KPODConfig, stage: str) -> list[Path]:
+    p = RunPaths(cfg.run_dir)
+    if stage.startswith("evaluate/"):
+        return [p.eval_dir(stage.split("/", 1)[1]) / "metrics.json"]
+    return {
+        "generate": [p.rationales("train")],
+        "train_token_weighting": [p.weights],
+        "calculate_difficulties": [p.difficulties],
+        "cluster": [p.clusters],
+        "train": [p.student / "kpod_student.json"],
+    }[stage]
+
+
+_PRODUCERS = {
+    "rationales": "generate",
+    "weights": "train_token_weighting",
+    "difficulty": "calculate_difficulties",
+    "schedule": "cluster",
+}
+
+
+def _digest(path: Path) -> str:
+    if not path.exists():
+        return "missing"
+    if path.is_dir():
+        # a folder (the student) by its files' names, sizes and modification times: a retrained student is
+        # re-evaluated even when its settings are unchanged, without reading gigabytes to hash them
+        state = [
+            (str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+            for f in sorted(path.rglob("*"))
+            if f.is_file()
+        ]
+        return hashlib.sha256(json.dumps(state).encode()).hexdigest()[:16]
     digest = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, Path):
-            digest.update(part.read_bytes() if part.is_file() else b"<missing>")
-        else:
-            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
     return digest.hexdigest()[:16]
 
 
-def _stage_inputs(cfg: KPODConfig, stage: str, model_path: str | None = None) -> tuple[list, list[Path]]:
-    """(what the stage reads: config sections and input files; the files it writes): its up-to-date check."""
-    p = RunPaths(cfg.run_dir)
-    c = cfg.snapshot()
-    common = [c["dataset"], c["data"], c["seed"]]
-    if stage == "generate":
-        return common + [c["teacher"]], [p.rationales("train")]
-    # a stage's key holds every config section it reads (whole sections: a field read by a stage and
-    # missing from its key would let a changed setting reuse a stale output)
-    selection = [c["train"]["include_incorrect"]]
-    if stage == "train_token_weighting":
-        return common + selection + [c["weighting"], c["student"], p.rationales("train")], [p.weights]
-    if stage == "calculate_difficulties":
-        return common + selection + [
-            c["difficulty"],
-            c["weighting"]["overlap"],
-            c["student"],
-            p.rationales("train"),
-            p.weights,
-        ], [p.difficulties]
-    if stage == "cluster":
-        return common + selection + [
-            c["cluster"],
-            c["schedule"],
-            c["train"]["epochs"],
-            c["student"]["model"],
-            p.rationales("train"),
-            p.difficulties,
-        ], [p.clusters, p.schedule]
+def _current_inputs(cfg: KPODConfig, stage: str, arguments: dict) -> dict:
+    files = _input_files(cfg, stage)
+    if stage.startswith("evaluate/") and arguments.get("model_path") is None:
+        files = [RunPaths(cfg.run_dir).student]
+    root = RunPaths(cfg.run_dir).root
+    # run-folder files by their place in the folder, so that a moved or copied run folder stays valid
+    return {str(f.relative_to(root)) if f.is_relative_to(root) else str(f): _digest(f) for f in files}
+
+
+def read_manifest(run_dir: Path) -> dict:
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        return {}
+    manifest = read_json(path, "delete it: every stage then reruns once")
+    if isinstance(manifest, dict) and all(isinstance(v, str) for v in manifest.values()):
+        log.warning(
+            "%s was written by an older kpod (no record of what each stage read): every stage reruns once", path
+        )
+        return {}
+    if not isinstance(manifest, dict) or any(not isinstance(v, dict) for v in manifest.values()):
+        raise DataError(
+            f"{path}: not a stage manifest written by this version of kpod; delete it (every stage then reruns once)"
+        )
+    return manifest
+
+
+def why_stale(cfg: KPODConfig, stage: str, manifest: dict, arguments: dict | None = None) -> str | None:
+    """None when the stage's recorded run still holds for this config and these input files, else why not."""
+    record = manifest.get(stage)
+    if record is None or "reads" not in record:
+        return "it has not run in this folder"
+    missing = [str(o) for o in _outputs(cfg, stage) if not o.is_file()]
+    if missing:
+        return f"its output {missing[0]} is missing"
+    for dotted, value in record["reads"].items():
+        try:
+            now = cfg.value_at(dotted)
+        except KeyError:
+            return f"{dotted} is no longer a setting"
+        if now != value:
+            return f"{dotted} changed ({value!r} -> {now!r})"
+    if arguments is not None and record.get("arguments", {}) != arguments:
+        return f"its arguments changed ({record.get('arguments')} -> {arguments})"
+    now_inputs = _current_inputs(cfg, stage, record.get("arguments", {}))
+    for name, digest in now_inputs.items():
+        if record["inputs"].get(name) != digest:
+            return f"{name} changed since it ran"
+    return None
+
+
+def _check_upstream(cfg: KPODConfig, stage: str, manifest: dict) -> None:
+    """A stage run by hand refuses input files computed from other settings or older files than now."""
+    for path in _input_files(cfg, stage):
+        producer = _PRODUCERS.get(path.parent.name) if path.parent.parent == RunPaths(cfg.run_dir).root else None
+        if producer is None or not path.is_file():
+            continue
+        if producer not in manifest:
+            log.warning("%s has no record of how it was made (an older run folder or a copied file): used as is", path)
+            continue
+        reason = why_stale(cfg, producer, manifest)
+        if reason:
+            raise StaleInputError(
+                f"{path} is out of date for this config: {reason}. Run `kpod {producer}` "
+                f"(or `kpod full_pipeline`, which reruns what is stale) first"
+            )
+
+
+@contextlib.contextmanager
+def recorded_stage(cfg: KPODConfig, stage: str, arguments: dict | None = None):
+    """Run a stage while recording the config fields it reads; on success write its record (fields and
+    values read, input file digests, arguments) to stages.json. On failure its old record is removed."""
+    arguments = arguments or {}
+    paths = RunPaths(cfg.run_dir)
+    manifest = read_manifest(paths.root)
+    _check_upstream(cfg, stage, manifest)
+    inputs = _current_inputs(cfg, stage, arguments)
+    main_process = int(os.environ.get("RANK", "0")) == 0
     if stage == "train":
-        return common + [
-            c["method"],
-            c["student"],
-            c["train"],
-            c["schedule"],
-            c["weighting"]["overlap"],
-            model_path,
-            p.rationales("train"),
-            p.weights,
-            p.schedule,
-        ], [p.student / "kpod_student.json"]
-    # the student's files by name, size and modification time: a retrained student is re-evaluated
-    # even when its settings (kpod_student.json) are unchanged, without reading gigabytes to hash them
-    return common + [c["eval"], _folder_state(p.student)], [p.eval_dir(cfg.eval.split) / "metrics.json"]
+        _discard_foreign_checkpoints(cfg, paths, manifest, inputs, arguments, main_process)
+    if main_process and manifest.pop(stage, None) is not None:
+        write_json(paths.root / MANIFEST, manifest)
+    with record_reads() as reads:
+        yield
+    if main_process:
+        recorded = {d: cfg.value_at(d) for d in sorted(reads - NOT_INPUTS)}
+        manifest = read_manifest(paths.root)
+        manifest[stage] = {"reads": recorded, "inputs": inputs, "arguments": arguments}
+        write_json(paths.root / MANIFEST, manifest)
 
 
-def _folder_state(folder: Path) -> list:
-    files = sorted(f for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else []
-    return [(str(f.relative_to(folder)), (stat := f.stat()).st_size, stat.st_mtime_ns) for f in files]
+def _discard_foreign_checkpoints(cfg, paths, manifest, inputs, arguments, main_process) -> None:
+    """Checkpoints of a training run with other settings or inputs must not be resumed."""
+    settings = {k: v for k, v in cfg.snapshot().items() if k not in NOT_INPUTS | {"eval"}}
+    key = hashlib.sha256(json.dumps([settings, inputs, arguments], sort_keys=True, default=str).encode()).hexdigest()
+    if manifest.get("train_started", {}).get("key") != key and main_process:
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)
+        manifest["train_started"] = {"key": key}
+        write_json(paths.root / MANIFEST, manifest)
 
 
 def full_pipeline(cfg: KPODConfig, model_path: str | None = None, force: bool = False) -> dict:
-    paths = RunPaths(cfg.run_dir)
-    manifest_file = paths.root / "stages.json"
-    manifest = read_json(manifest_file, "delete it: every stage then reruns once") if manifest_file.is_file() else {}
+    """Every stage in order, each skipped when its recorded run still holds (stages.json)."""
     stages = [s for s in STAGES if cfg.method == "kpod" or s in ("generate", "train", "evaluate")]
     results = {}
     for stage in stages:
-        parts, outputs = _stage_inputs(cfg, stage, model_path)
-        key = _hash(*parts)
-        if not force and manifest.get(stage) == key and all(o.is_file() for o in outputs):
+        record_name = f"evaluate/{cfg.eval.split}" if stage == "evaluate" else stage
+        arguments = (
+            {"model_path": model_path} if stage == "train" else ({"model_path": None} if stage == "evaluate" else {})
+        )
+        reason = "--force" if force else why_stale(cfg, record_name, read_manifest(cfg.run_dir), arguments)
+        if reason is None:
             log.info("stage %s is up to date, skipped", stage)
             results[stage] = "skipped"
             continue
-        manifest.pop(stage, None)
-        if stage == "train" and manifest.get("train_started") != key:
-            # checkpoints of a run with other inputs or settings must not be resumed
-            import shutil
-
-            shutil.rmtree(paths.checkpoints, ignore_errors=True)
-            manifest["train_started"] = key
-        write_json(manifest_file, manifest)
+        log.info("stage %s runs: %s", stage, reason)
         if stage == "train":
             results[stage] = train(cfg, model_path)
         elif stage == "evaluate":
-            results[stage] = evaluate(cfg)
+            results[stage] = evaluate(cfg, split=cfg.eval.split, tag=None)
         else:
             results[stage] = STAGE_FUNCTIONS[stage](cfg)
-        manifest[stage] = key
-        write_json(manifest_file, manifest)
     return results
 
 

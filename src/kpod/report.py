@@ -159,14 +159,15 @@ def write_report(run_dir: str | Path) -> Path:
                 "rationales",
                 "correct",
                 "teacher_accuracy",
-                "kept_for_training",
                 "requests_sent",
                 "retries",
                 "cost_usd",
             )
             if k in teacher
         }
-        items["dropped_as_incorrect"] = teacher["rationales"] - teacher["kept_for_training"]
+        items["incorrect (left out of training unless train.include_incorrect)"] = (
+            teacher["rationales"] - teacher["correct"]
+        )
         rows = "".join(
             f"<tr><td>{k}</td><td>{v if not isinstance(v, float) else f'{v:.2f}'}</td></tr>" for k, v in items.items()
         )

@@ -1,0 +1,145 @@
+"""Each stage records the config fields it reads; a changed field reruns exactly the stages that read it,
+and a stage run by hand refuses inputs computed from other settings or older files."""
+
+import json
+import re
+import shutil
+import typing
+from pathlib import Path
+
+import pytest
+
+from kpod import pipeline
+from kpod.config import KPODConfig, leaf_fields, load_config
+
+SETTINGS = [
+    "dataset=gsm8k",
+    "teacher.kind=reference",
+    "data.max_train_questions=6",
+    "data.max_eval_questions=2",
+    "train.epochs=2",
+    "weighting.epochs=1",
+    "weighting.reasoner_lora=true",
+    "eval.max_new_tokens=4",
+    "train.eval_every=0",
+    "student.lora_r=4",
+    "student.max_target_tokens=256",
+]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_llama):
+    run = tmp_path_factory.mktemp("records") / "run"
+    overrides = SETTINGS + [f"student.model={tiny_llama}", f"output_dir={run}"]
+    pipeline.full_pipeline(load_config(overrides=overrides))
+    return run, overrides
+
+
+def _field(dotted: str):
+    model: type = KPODConfig
+    *sections, leaf = dotted.split(".")
+    for name in sections:
+        model = model.model_fields[name].annotation
+    return model.model_fields[leaf]
+
+
+def changed_values(cfg: KPODConfig, dotted: str) -> list:
+    """Candidate values different from the current one, most natural first."""
+    value = cfg.value_at(dotted)
+    field = _field(dotted)
+    choices = [a for a in typing.get_args(field.annotation) if typing.get_origin(a) is typing.Literal]
+    literal = typing.get_args(choices[0]) if choices else typing.get_args(field.annotation)
+    if typing.get_origin(field.annotation) is typing.Literal:
+        literal = typing.get_args(field.annotation)
+    candidates = [v for v in literal if isinstance(v, str | int | float | bool) and v != value]
+    if isinstance(value, bool):
+        candidates += [not value]
+    elif isinstance(value, int):
+        candidates += [value + 1, value - 1, value * 2, 1, 0]
+    elif isinstance(value, float):
+        candidates += [value * 0.5, value + 0.1, 0.25, 1.0, 2.0, 0.0]
+    elif isinstance(value, str):
+        candidates += [value + "x", "sample:2", "tests/x.jsonl"]
+    elif isinstance(value, list):
+        candidates += [value[:1], value + ["k_proj"], ["q_proj"]]
+    elif value is None:
+        candidates += [1, 2, 0.5, "q_proj", True, ["q_proj"], "tests/x.jsonl", 100]
+    return [c for c in candidates if c != value]
+
+
+def test_a_changed_field_reruns_exactly_the_stages_that_read_it(finished_run):
+    run, overrides = finished_run
+    cfg = load_config(overrides=overrides)
+    manifest = pipeline.read_manifest(run)
+    stages = [s for s in manifest if s != "train_started"]
+    assert all(pipeline.why_stale(cfg, s, manifest) is None for s in stages)
+    tested, untested = 0, []
+    for dotted in leaf_fields(KPODConfig):
+        if dotted in pipeline.NOT_INPUTS:
+            continue
+        changed = None
+        for value in changed_values(cfg, dotted):
+            try:
+                changed = load_config(overrides=overrides + [f"{dotted}={json.dumps(value)}"])
+            except ValueError:
+                continue
+            if changed.value_at(dotted) != cfg.value_at(dotted):
+                break
+            changed = None
+        if changed is None:
+            untested.append(dotted)
+            continue
+        tested += 1
+        stale = {s for s in stages if pipeline.why_stale(changed, s, manifest)}
+        readers = {s for s in stages if dotted in manifest[s]["reads"]}
+        # a changed field may change others through validation (none does today); those count too
+        moved = {d for d in leaf_fields(KPODConfig) if changed.value_at(d) != cfg.value_at(d)}
+        readers |= {s for s in stages if moved & manifest[s]["reads"].keys()}
+        assert stale == readers, f"{dotted}: stale {sorted(stale)}, readers {sorted(readers)}"
+    assert tested >= 0.9 * (len(leaf_fields(KPODConfig)) - len(pipeline.NOT_INPUTS)), untested
+
+
+def test_the_fields_named_in_the_stale_output_reports_are_recorded(finished_run):
+    run, _ = finished_run
+    reads = {stage: set(record.get("reads", ())) for stage, record in pipeline.read_manifest(run).items()}
+    for stage in ("calculate_difficulties", "train"):
+        assert {"weighting.overlap", "student.max_target_tokens", "student.max_input_tokens"} <= reads[stage], stage
+    assert {"student.lora_r", "student.lora_alpha", "student.model"} <= reads["train_token_weighting"]
+    assert all("student.dtype" in reads[s] for s in ("calculate_difficulties", "train", "evaluate/test"))
+    assert {"train.include_incorrect"} <= reads["cluster"] & reads["train"]
+    assert "eval.batch_size" in reads["evaluate/test"]
+    assert not any("eval.batch_size" in reads[s] for s in reads if not s.startswith("evaluate"))
+    assert not any(d.startswith("teacher.") and d != "teacher.kind" for d in reads["generate"])
+
+
+def test_a_stage_run_by_hand_refuses_stale_inputs(finished_run, tmp_path):
+    run, overrides = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    overrides = [o for o in overrides if not o.startswith("output_dir=")] + [f"output_dir={copy}"]
+    # new teacher rationales: the weights and the schedule were computed from the old ones
+    rationales = copy / "rationales/train.jsonl"
+    original = rationales.read_bytes()
+    rationales.write_text("\n".join(original.decode().splitlines()[:-1]) + "\n")
+    with pytest.raises(
+        pipeline.StaleInputError, match=r"weights\.jsonl is out of date.*rationales/train\.jsonl changed"
+    ):
+        pipeline.train(load_config(overrides=overrides))
+    rationales.write_bytes(original)
+    # a setting of an earlier stage changed since it ran
+    with pytest.raises(pipeline.StaleInputError, match=r"schedule\.json is out of date.*schedule\.p changed"):
+        pipeline.train(load_config(overrides=overrides + ["schedule.p=2"]))
+    # full_pipeline reruns what is stale instead, and a new starting model reruns training
+    rationales.write_text("\n".join(original.decode().splitlines()[:-1]) + "\n")
+    manifest = pipeline.read_manifest(copy)
+    cfg = load_config(overrides=overrides)
+    assert "changed" in pipeline.why_stale(cfg, "train_token_weighting", manifest)
+    assert pipeline.why_stale(cfg, "generate", manifest) is None
+    assert "arguments" in pipeline.why_stale(load_config(overrides=overrides), "train", manifest, {"model_path": "x"})
+
+
+def test_every_config_field_is_read_somewhere():
+    """A field that no code reads does nothing: remove it or make it work."""
+    source = "\n".join(p.read_text() for p in Path(pipeline.__file__).parent.rglob("*.py") if p.name != "config.py")
+    unread = [d for d in leaf_fields(KPODConfig) if not re.search(rf"\.{d.split('.')[-1]}\b", source)]
+    assert not unread, f"config fields nothing reads: {unread}"
