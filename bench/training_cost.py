@@ -58,7 +58,7 @@ def arm(name: str, model: str, n: int, work: Path) -> dict:
             "student.lora_r": 16,
             "student.lora_alpha": 32,
             "train.learning_rate": 1e-4,
-            "train.logging_steps": 1000,
+            "train.trainer_args.logging_steps": 1000,
             "method": "std-cot" if name in ("plain", "std-cot") else "kpod",
             **(PAPER_WEIGHTING if name == "weighting-st" else {}),
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -310,6 +311,23 @@ class StudentConfig(_Section):
     )
 
 
+# TrainingArguments that kpod sets from its own fields (or must own): not allowed in train.trainer_args
+TRAINER_ARGS_OWNED = {
+    "output_dir": "output_dir",
+    "num_train_epochs": "train.epochs",
+    "per_device_train_batch_size": "train.batch_size",
+    "gradient_accumulation_steps": "train.gradient_accumulation_steps",
+    "learning_rate": "train.learning_rate",
+    "seed": "seed",
+    "data_seed": "seed",
+    "report_to": "report_to",
+    "save_strategy": "train.save_checkpoints",
+    "remove_unused_columns": "(kpod's batches carry token weights)",
+}
+# kpod's defaults where they differ from TrainingArguments' own; train.trainer_args overrides them
+TRAINER_ARGS_DEFAULTS = {"logging_steps": 10, "save_total_limit": 2}
+
+
 class TrainConfig(_Section):
     epochs: int = Field(100, ge=1, description="Training epochs = KPOD stages.")
     learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate (Adam).")
@@ -317,16 +335,18 @@ class TrainConfig(_Section):
     gradient_accumulation_steps: int = Field(
         1, ge=1, description="Micro-batches per optimiser step (lower batch_size and raise this when out of memory)."
     )
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps spent warming up the learning rate.")
-    lr_scheduler: str = Field("linear", description="transformers scheduler name.")
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other transformers.TrainingArguments, passed through as given (bf16, warmup_steps, "
+        "lr_scheduler_type, weight_decay, max_steps, logging_steps, save_total_limit, train_sampling_strategy, "
+        "activation_checkpointing, deepspeed, fsdp, ...). kpod's defaults: logging_steps 10, save_total_limit 2. "
+        "Names are checked at load, values when training starts.",
+    )
     weight_norm: Literal["example_mean", "none"] = Field(
         "example_mean",
         description="Rescale each example's rationale-token weights to mean 1 (ours) or use raw w (paper formula).",
     )
     uniform_weights: bool = Field(False, description="Every token weight 1 in KPOD (ablation 'uniform weights').")
-    bf16: bool = Field(False, description="bf16 mixed precision (GPU).")
-    gradient_checkpointing: bool = Field(False)
     eval_every: int = Field(
         1,
         ge=0,
@@ -336,14 +356,27 @@ class TrainConfig(_Section):
     save_checkpoints: bool = Field(
         True, description="Save a resumable checkpoint each epoch (original KPOD: checkpointing on)."
     )
-    save_total_limit: int = Field(2, ge=1)
-    logging_steps: int = Field(10, ge=1)
     resume: bool = Field(True, description="Resume from the last checkpoint in the run folder when one exists.")
     include_incorrect: bool = Field(False, description="Train on rationales marked incorrect too.")
-    max_steps: int = Field(-1, description="Stop after this many optimiser steps (debugging; -1: off).")
-    sampling: Literal["random", "sequential", "group_by_length"] = Field(
-        "random", description="Order of training examples (transformers train_sampling_strategy)."
-    )
+
+    @field_validator("trainer_args")
+    @classmethod
+    def _known_trainer_args(cls, value: dict) -> dict:
+        if not value:
+            return value
+        import dataclasses
+
+        from transformers import TrainingArguments
+
+        known = {f.name for f in dataclasses.fields(TrainingArguments)}
+        for name in value:
+            if name in TRAINER_ARGS_OWNED:
+                raise ValueError(f"{name} is set by kpod: use {TRAINER_ARGS_OWNED[name]}")
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ValueError(f"{name} is not a transformers.TrainingArguments field{hint}")
+        return value
 
 
 class EvalConfig(_Section):
@@ -446,7 +479,29 @@ def _map_original_names(raw: dict) -> dict:
     return out
 
 
+# TrainingArguments copies that earlier versions kept in the train section
+RETIRED_TRAIN_FIELDS = {
+    "weight_decay": "weight_decay",
+    "warmup_ratio": "warmup_steps",  # a float < 1 is a share of the steps in transformers 5
+    "lr_scheduler": "lr_scheduler_type",
+    "bf16": "bf16",
+    "gradient_checkpointing": "activation_checkpointing",
+    "save_total_limit": "save_total_limit",
+    "logging_steps": "logging_steps",
+    "max_steps": "max_steps",
+    "sampling": "train_sampling_strategy",
+}
+
+
 def _map_retired_fields(raw: dict) -> dict:
+    train = raw.get("train")
+    if isinstance(train, dict) and RETIRED_TRAIN_FIELDS.keys() & train.keys():
+        passed = dict(train.get("trainer_args") or {})
+        for old, new in RETIRED_TRAIN_FIELDS.items():
+            if old in train:
+                passed.setdefault(new, train[old])
+        kept = {k: v for k, v in train.items() if k not in RETIRED_TRAIN_FIELDS}
+        raw = {**raw, "train": {**kept, "trainer_args": passed}}
     teacher = raw.get("teacher")
     if isinstance(teacher, dict) and "filter_incorrect" in teacher:
         # an earlier field that duplicated train.include_incorrect (and only changed a summary count)

@@ -355,9 +355,11 @@ def recorded_stage(cfg: KPODConfig, stage: str, arguments: dict | None = None):
 
 
 def _discard_foreign_checkpoints(cfg, paths, manifest, inputs, arguments, main_process) -> None:
-    """Checkpoints of a training run with other settings or inputs must not be resumed."""
-    settings = {k: v for k, v in cfg.snapshot().items() if k not in NOT_INPUTS | {"eval"}}
-    key = hashlib.sha256(json.dumps([settings, inputs, arguments], sort_keys=True, default=str).encode()).hexdigest()
+    """Checkpoints of a training run on other data or of another model must not be resumed (other
+    Trainer settings, such as max_steps, may change between a run and its resumption)."""
+    snapshot = cfg.snapshot()
+    identity = [snapshot[k] for k in ("dataset", "data", "seed", "method", "student")] + [inputs, arguments]
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     if manifest.get("train_started", {}).get("key") != key and main_process:
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
         manifest["train_started"] = {"key": key}

@@ -28,12 +28,12 @@ def _cfg(run, model, **extra):
         "train.epochs": 3,
         "train.learning_rate": 3e-3,
         "train.eval_every": 0,
-        "train.logging_steps": 1,
+        "train.trainer_args.logging_steps": 1,
         "student.lora": False,
         "student.max_input_tokens": 256,
         "student.max_target_tokens": 256,
         "eval.max_new_tokens": 12,
-        "train.lr_scheduler": "constant",
+        "train.trainer_args.lr_scheduler_type": "constant",
     }
     overrides.update(extra)
     return load_config(overrides=overrides)
@@ -78,7 +78,7 @@ def test_resume_continues_the_same_run(tmp_path, tiny_t5):
     pipeline.generate(whole)
     pipeline.train(whole)
     part = _cfg(
-        tmp_path / "part", tiny_t5, **{"train.epochs": 2, "train.max_steps": 3}
+        tmp_path / "part", tiny_t5, **{"train.epochs": 2, "train.trainer_args.max_steps": 3}
     )  # 12 questions / 4 = 3 steps an epoch
     pipeline.generate(part)
     pipeline.train(part)
@@ -97,7 +97,7 @@ def test_resume_skips_a_checkpoint_left_half_written(tmp_path, tiny_t5, damage, 
     where an uninterrupted run ends."""
     from kpod.student.train import latest_complete_checkpoint
 
-    cfg = _cfg(tmp_path / "run", tiny_t5, **{"train.epochs": 2, "train.save_total_limit": 3})
+    cfg = _cfg(tmp_path / "run", tiny_t5, **{"train.epochs": 2, "train.trainer_args.save_total_limit": 3})
     pipeline.generate(cfg)
     pipeline.train(cfg)
     last = tmp_path / "run" / "checkpoints" / "checkpoint-6"
@@ -112,7 +112,9 @@ def test_resume_skips_a_checkpoint_left_half_written(tmp_path, tiny_t5, damage, 
     else:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     assert latest_complete_checkpoint(tmp_path / "run" / "checkpoints").name == "checkpoint-3"
-    resumed = pipeline.train(_cfg(tmp_path / "run", tiny_t5, **{"train.epochs": 2, "train.save_total_limit": 3}))
+    resumed = pipeline.train(
+        _cfg(tmp_path / "run", tiny_t5, **{"train.epochs": 2, "train.trainer_args.save_total_limit": 3})
+    )
     assert resumed["resumed"] and resumed["steps"] == 6
     assert "skipping" in caplog.text and "checkpoint-6" in caplog.text
 
@@ -146,9 +148,9 @@ def test_two_process_data_parallel_matches_one_process(tmp_path, tiny_llama):
         "run, bs = sys.argv[1], int(sys.argv[2])\n"
         f"cfg = load_config(overrides={{'dataset': 'gsm8k', 'output_dir': run, 'student.model': r'{tiny_llama}', "
         "'method': 'std-cot', 'teacher.kind': 'reference', 'data.max_train_questions': 16, 'train.epochs': 2, "
-        "'train.learning_rate': 3e-3, 'train.eval_every': 0, 'train.logging_steps': 1, 'student.lora': False, "
-        "'train.batch_size': bs, 'train.sampling': 'sequential', 'train.save_checkpoints': False, "
-        "'student.max_target_tokens': 256, 'train.lr_scheduler': 'constant'})\n"
+        "'train.learning_rate': 3e-3, 'train.eval_every': 0, 'train.trainer_args.logging_steps': 1, 'student.lora': False, "
+        "'train.batch_size': bs, 'train.trainer_args.train_sampling_strategy': 'sequential', 'train.save_checkpoints': False, "
+        "'student.max_target_tokens': 256, 'train.trainer_args.lr_scheduler_type': 'constant'})\n"
         "import torch.distributed as dist\n"
         "pipeline.generate(cfg) if not dist.is_available() or int(__import__('os').environ.get('RANK', 0)) == 0 else None\n"
         "pipeline.train(cfg)\n"

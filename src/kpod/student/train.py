@@ -14,7 +14,7 @@ import torch
 from transformers import TrainingArguments
 
 from kpod.artifacts import RunPaths, rationale_key, read_json, read_rationales, read_weights, write_json
-from kpod.config import KPODConfig
+from kpod.config import TRAINER_ARGS_DEFAULTS, ConfigError, KPODConfig
 from kpod.data.datasets import DataError, DatasetSplits
 from kpod.layout import DistillCollator, DistillExample
 from kpod.models import add_lora, is_seq2seq, load_student, save_trained_student
@@ -112,32 +112,28 @@ def latest_complete_checkpoint(checkpoints: Path) -> Path | None:
 
 
 def training_arguments(cfg: KPODConfig, paths: RunPaths) -> TrainingArguments:
+    """kpod's own settings, then kpod's defaults, then train.trainer_args as given."""
     t = cfg.train
     if cfg.report_to == "tensorboard":  # transformers 5 reads the folder from the environment
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(paths.root / "logs" / "tensorboard")
-    return TrainingArguments(
-        output_dir=str(paths.checkpoints),
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        weight_decay=t.weight_decay,
-        warmup_steps=t.warmup_ratio,
-        lr_scheduler_type=t.lr_scheduler,
-        bf16=t.bf16,
-        activation_checkpointing=t.gradient_checkpointing,
-        logging_steps=t.logging_steps,
-        save_strategy="epoch" if t.save_checkpoints else "no",
-        save_total_limit=t.save_total_limit,
-        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        remove_unused_columns=False,
-        train_sampling_strategy=t.sampling,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(),  # lets torchrun run gloo data parallelism on CPUs dataloader_num_workers=0, disable_tqdm=False, save_only_model=False,
-    )
+    owned = {
+        "output_dir": str(paths.checkpoints),
+        "num_train_epochs": t.epochs,
+        "per_device_train_batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "learning_rate": t.learning_rate,
+        "save_strategy": "epoch" if t.save_checkpoints else "no",
+        "report_to": [] if cfg.report_to == "none" else [cfg.report_to],
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "remove_unused_columns": False,
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        "use_cpu": not torch.cuda.is_available(),  # lets torchrun run gloo data parallelism on CPUs
+    }
+    try:
+        return TrainingArguments(**{**owned, **TRAINER_ARGS_DEFAULTS, **t.trainer_args})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"train.trainer_args: {exc}") from None
 
 
 def train_student(cfg: KPODConfig, splits: DatasetSplits | None = None, model_path: str | None = None) -> dict:
