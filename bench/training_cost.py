@@ -42,7 +42,7 @@ def arm(name: str, model: str, n: int, work: Path) -> dict:
     from kpod.layout import DistillCollator
     from kpod.models import add_lora, load_student
     from kpod.student.data import DistillDataset
-    from kpod.student.train import build_examples, training_arguments
+    from kpod.student.recipe import build_examples, training_arguments
 
     torch.manual_seed(0)
     run = work / "run"
@@ -74,7 +74,7 @@ def arm(name: str, model: str, n: int, work: Path) -> dict:
         pipeline.cluster(cfg)
     examples = build_examples(cfg, RunPaths(run))
     student, tokenizer = load_student(model)
-    student = add_lora(student, 16, 32, 0.05, "all-linear")
+    student = add_lora(student, r=16, alpha=32, dropout=0.05, target_modules="all-linear")
     seq2seq = student.config.is_encoder_decoder
     dataset = DistillDataset(examples, tokenizer, seq2seq, 512, 384)
     tokens = sum(

@@ -138,7 +138,7 @@ def cluster(cfg: KPODConfig) -> dict:
 
 def train(cfg: KPODConfig, model_path: str | None = None) -> dict:
     """The student (KPOD or Std-CoT): student/. model_path: start from this model instead of student.model."""
-    from kpod.student.train import train_student
+    from kpod.student.recipe import train_student
 
     with recorded_stage(cfg, "train", {"model_path": model_path}), stage_logging(cfg, "train"):
         splits = load_splits(cfg)

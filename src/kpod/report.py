@@ -104,7 +104,29 @@ def _training_plot(summary: dict):
     return draw
 
 
+class Report:
+    """Sections in HTML and Markdown, and the figures they embed."""
+
+    def __init__(self):
+        self.html: list[str] = []
+        self.markdown: list[str] = []
+        self.figures: list[tuple[str, bytes]] = []
+
+    def section(self, title: str, body_html: str, body_md: str) -> None:
+        self.html.append(f"<h2>{html.escape(title)}</h2>{body_html}")
+        self.markdown.append(f"## {title}\n\n{body_md}\n")
+
+    def figure(self, name: str, draw) -> tuple[str, str]:
+        png = _figure(draw)
+        self.figures.append((name, png))
+        return (
+            f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">',
+            f"![{name}](report_files/{name}.png)",
+        )
+
+
 def write_report(run_dir: str | Path) -> Path:
+    """report.html (self-contained) and report.md (+ report_files/) for a run folder."""
     paths = RunPaths(run_dir)
     if not paths.root.is_dir():
         raise FileNotFoundError(f"{paths.root}: run folder not found")
@@ -116,64 +138,68 @@ def write_report(run_dir: str | Path) -> Path:
         ),
         {},
     )
-    dataset = config.get("dataset", "?")
-    student = (config.get("student") or {}).get("model", "?")
-    figures: list[tuple[str, bytes]] = []
-    sections_html, sections_md = [], []
-
-    def section(title: str, body_html: str, body_md: str) -> None:
-        sections_html.append(f"<h2>{html.escape(title)}</h2>{body_html}")
-        sections_md.append(f"## {title}\n\n{body_md}\n")
-
-    def add_figure(name: str, draw) -> tuple[str, str]:
-        png = _figure(draw)
-        figures.append((name, png))
-        return (
-            f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">',
-            f"![{name}](report_files/{name}.png)",
-        )
-
-    # accuracy
     split = (config.get("eval") or {}).get("split", "test")
+    report = Report()
+    _accuracy_section(report, paths, config, split)
+    _data_section(report, paths)
+    _weights_sections(report, paths)
+    _schedule_section(report, paths)
+    _training_section(report, paths)
+    _predictions_section(report, paths, split)
+    report.section(
+        "Configuration",
+        f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>",
+        f"```yaml\n{yaml.safe_dump(config, sort_keys=False)}```",
+    )
+    return _write_pages(report, paths, f"KPOD run report: {config.get('dataset', '?')}, {_student_name(config)}")
+
+
+def _student_name(config: dict) -> str:
+    return (config.get("student") or {}).get("model", "?")
+
+
+def _accuracy_section(report: Report, paths: RunPaths, config: dict, split: str) -> None:
+    dataset, student = config.get("dataset", "?"), _student_name(config)
     metrics = _json(paths.eval_dir(split) / "metrics.json")
     paper = paper_figure(student, dataset) if dataset in ("gsm8k", "asdiv", "svamp", "commonsenseqa") else None
     paper_text = f"{paper[1]:.2f}% (paper, KPOD, {paper[0]})" if paper else "no paper figure for this student"
     if metrics:
         acc = f"{metrics['accuracy']:.2f}% ({metrics['correct']}/{metrics['total']}) on {dataset}/{split}"
-        section(
+        report.section(
             "Accuracy",
             f"<p class=big>{acc}</p><p>Paper Table 1: {paper_text}</p>",
             f"**{acc}**; paper Table 1: {paper_text}",
         )
     else:
-        section("Accuracy", "<p>not evaluated yet (kpod evaluate)</p>", "not evaluated yet")
+        report.section("Accuracy", "<p>not evaluated yet (kpod evaluate)</p>", "not evaluated yet")
 
-    # data counts
+
+def _data_section(report: Report, paths: RunPaths) -> None:
     teacher = _json(paths.root / "rationales" / "train.summary.json")
-    if teacher:
-        items = {
-            k: teacher.get(k)
-            for k in (
-                "teacher",
-                "questions",
-                "rationales",
-                "correct",
-                "teacher_accuracy",
-                "requests_sent",
-                "retries",
-                "cost_usd",
-            )
-            if k in teacher
-        }
-        items["incorrect (left out of training unless train.include_incorrect)"] = (
-            teacher["rationales"] - teacher["correct"]
-        )
-        rows = "".join(
-            f"<tr><td>{k}</td><td>{v if not isinstance(v, float) else f'{v:.2f}'}</td></tr>" for k, v in items.items()
-        )
-        section("Data", f"<table>{rows}</table>", "\n".join(f"- {k}: {v}" for k, v in items.items()))
+    if not teacher:
+        return
+    names = (
+        "teacher",
+        "questions",
+        "rationales",
+        "correct",
+        "teacher_accuracy",
+        "requests_sent",
+        "retries",
+        "cost_usd",
+    )
+    items = {k: teacher.get(k) for k in names if k in teacher}
+    items["incorrect (left out of training unless train.include_incorrect)"] = (
+        teacher["rationales"] - teacher["correct"]
+    )
+    rows = "".join(
+        f"<tr><td>{k}</td><td>{v if not isinstance(v, float) else f'{v:.2f}'}</td></tr>" for k, v in items.items()
+    )
+    report.section("Data", f"<table>{rows}</table>", "\n".join(f"- {k}: {v}" for k, v in items.items()))
 
-    # token weights
+
+def _weights_sections(report: Report, paths: RunPaths) -> None:
+    """Token weights, the comparison this run belongs to, and the faithfulness of its weights."""
     if paths.weights.is_file():
         examples = weight_examples(paths.root, 4)
         blocks = "".join(f"<h4>{html.escape(r['id'])}</h4>{html_block(r['rationale'], o, w)}" for r, o, w in examples)
@@ -181,11 +207,11 @@ def write_report(run_dir: str | Path) -> Path:
             f"`{r['id']}`: " + " ".join(f"{r['rationale'][a:b]}({x:.2f})" for (a, b), x in zip(o, w))
             for r, o, w in examples
         )
-        section("Token weights (darker red = higher w inside the rationale; hover for w)", blocks, md)
+        report.section("Token weights (darker red = higher w inside the rationale; hover for w)", blocks, md)
     comparison = _json(paths.root / "comparison.json")
     if comparison and comparison.get("html"):
         link = comparison["html"]
-        section(
+        report.section(
             "Comparison",
             f"<p>This run is arm <b>{html.escape(comparison['arm'])}</b> of "
             f'<a href="file://{html.escape(link)}">{html.escape(link)}</a> (kpod compare).</p>',
@@ -196,56 +222,55 @@ def write_report(run_dir: str | Path) -> Path:
         from kpod.weighting.faithfulness import format_faithfulness
 
         text = format_faithfulness(faithfulness)
-        section("Faithfulness of the token weights (kpod faithfulness)", f"<pre>{html.escape(text)}</pre>", text)
+        report.section("Faithfulness of the token weights (kpod faithfulness)", f"<pre>{html.escape(text)}</pre>", text)
 
-    # schedule
+
+def _schedule_section(report: Report, paths: RunPaths) -> None:
     schedule = _json(paths.schedule)
-    if schedule:
-        h1, m1 = add_figure("budget", _budget_plot(schedule))
-        h2, m2 = add_figure("clusters", _cluster_plot(schedule))
-        table = (
-            (paths.schedule.with_name("table.txt")).read_text()
-            if paths.schedule.with_name("table.txt").is_file()
-            else ""
-        )
-        section("Progressive schedule", f"{h1}{h2}<pre>{html.escape(table)}</pre>", f"{m1}\n\n{m2}\n\n```\n{table}```")
-
-    # training
-    summary = _json(paths.root / "train" / "summary.json")
-    if summary and summary.get("loss_history"):
-        h, m = add_figure("training", _training_plot(summary))
-        facts = f"{summary['method']}, {summary['examples']} examples, {summary['epochs']} epochs, {summary['seconds']:.0f} s"
-        section("Training", f"<p>{facts}</p>{h}", f"{facts}\n\n{m}")
-
-    # predictions
-    predictions = _jsonl(paths.eval_dir(split) / "predictions.jsonl")
-    if predictions:
-        ordered = sorted(predictions, key=lambda p: p["correct"])
-        rows = "".join(
-            f"<tr class={'ok' if p['correct'] else 'bad'}><td>{'✔' if p['correct'] else '✘'}</td><td>{html.escape(p['question'])}</td>"
-            f"<td>{html.escape(str(p['gold']))}</td><td>{html.escape(str(p['prediction']))}</td>"
-            f"<td class=out>{html.escape(p['output'])}</td></tr>"
-            for p in ordered
-        )
-        wrong = sum(not p["correct"] for p in predictions)
-        section(
-            f"Predictions ({wrong} wrong first, then {len(predictions) - wrong} right)",
-            "<label><input type=checkbox onclick=\"document.body.classList.toggle('wrong-only')\"> wrong only</label>"
-            f"<table class=pred><tr><th></th><th>question</th><th>gold</th><th>predicted</th><th>output</th></tr>{rows}</table>",
-            "| ok | gold | predicted | question |\n|---|---|---|---|\n"
-            + "\n".join(
-                f"| {'yes' if p['correct'] else 'no'} | {p['gold']} | {p['prediction']} | {p['question'][:80].replace('|', '/')} |"
-                for p in ordered[:100]
-            ),
-        )
-
-    section(
-        "Configuration",
-        f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>",
-        f"```yaml\n{yaml.safe_dump(config, sort_keys=False)}```",
+    if not schedule:
+        return
+    h1, m1 = report.figure("budget", _budget_plot(schedule))
+    h2, m2 = report.figure("clusters", _cluster_plot(schedule))
+    table_file = paths.schedule.with_name("table.txt")
+    table = table_file.read_text() if table_file.is_file() else ""
+    report.section(
+        "Progressive schedule", f"{h1}{h2}<pre>{html.escape(table)}</pre>", f"{m1}\n\n{m2}\n\n```\n{table}```"
     )
 
-    title = f"KPOD run report: {dataset}, {student}"
+
+def _training_section(report: Report, paths: RunPaths) -> None:
+    summary = _json(paths.root / "train" / "summary.json")
+    if summary and summary.get("loss_history"):
+        h, m = report.figure("training", _training_plot(summary))
+        facts = f"{summary['method']}, {summary['examples']} examples, {summary['epochs']} epochs, {summary['seconds']:.0f} s"
+        report.section("Training", f"<p>{facts}</p>{h}", f"{facts}\n\n{m}")
+
+
+def _predictions_section(report: Report, paths: RunPaths, split: str) -> None:
+    predictions = _jsonl(paths.eval_dir(split) / "predictions.jsonl")
+    if not predictions:
+        return
+    ordered = sorted(predictions, key=lambda p: p["correct"])
+    rows = "".join(
+        f"<tr class={'ok' if p['correct'] else 'bad'}><td>{'✔' if p['correct'] else '✘'}</td><td>{html.escape(p['question'])}</td>"
+        f"<td>{html.escape(str(p['gold']))}</td><td>{html.escape(str(p['prediction']))}</td>"
+        f"<td class=out>{html.escape(p['output'])}</td></tr>"
+        for p in ordered
+    )
+    wrong = sum(not p["correct"] for p in predictions)
+    report.section(
+        f"Predictions ({wrong} wrong first, then {len(predictions) - wrong} right)",
+        "<label><input type=checkbox onclick=\"document.body.classList.toggle('wrong-only')\"> wrong only</label>"
+        f"<table class=pred><tr><th></th><th>question</th><th>gold</th><th>predicted</th><th>output</th></tr>{rows}</table>",
+        "| ok | gold | predicted | question |\n|---|---|---|---|\n"
+        + "\n".join(
+            f"| {'yes' if p['correct'] else 'no'} | {p['gold']} | {p['prediction']} | {p['question'][:80].replace('|', '/')} |"
+            for p in ordered[:100]
+        ),
+    )
+
+
+def _write_pages(report: Report, paths: RunPaths, title: str) -> Path:
     style = HTML_STYLE + (
         " table{border-collapse:collapse;font-size:90%} td,th{border:1px solid #ccc;padding:3px 6px;"
         "vertical-align:top} .bad td:first-child{color:#c00} .ok td:first-child{color:#080}"
@@ -254,13 +279,13 @@ def write_report(run_dir: str | Path) -> Path:
     )
     page = (
         f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{style}</style>"
-        f"</head><body><h1>{html.escape(title)}</h1><p>{html.escape(str(paths.root))}</p>{''.join(sections_html)}</body></html>"
+        f"</head><body><h1>{html.escape(title)}</h1><p>{html.escape(str(paths.root))}</p>{''.join(report.html)}</body></html>"
     )
     out = paths.root / "report.html"
     atomic_write_text(out, page)
     files = paths.root / "report_files"
     files.mkdir(exist_ok=True)
-    for name, png in figures:
+    for name, png in report.figures:
         (files / f"{name}.png").write_bytes(png)
-    atomic_write_text(paths.root / "report.md", f"# {title}\n\n" + "\n".join(sections_md))
+    atomic_write_text(paths.root / "report.md", f"# {title}\n\n" + "\n".join(report.markdown))
     return out

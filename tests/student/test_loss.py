@@ -8,7 +8,7 @@ from kpod.config import load_config
 from kpod.layout import DistillCollator, DistillExample
 from kpod.models import load_student
 from kpod.student.data import DistillDataset
-from kpod.student.train import training_arguments
+from kpod.student.recipe import training_arguments
 from kpod.student.trainer import DistillTrainer, weighted_token_loss
 from kpod.token_weights import TokenWeights
 

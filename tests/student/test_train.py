@@ -95,7 +95,7 @@ def test_resume_continues_the_same_run(tmp_path, tiny_t5):
 def test_resume_skips_a_checkpoint_left_half_written(tmp_path, tiny_t5, damage, caplog):
     """A crash while checkpoint-6 was written: the run resumes from checkpoint-3, says why, and ends
     where an uninterrupted run ends."""
-    from kpod.student.train import latest_complete_checkpoint
+    from kpod.student.recipe import latest_complete_checkpoint
 
     cfg = _cfg(tmp_path / "run", tiny_t5, **{"train.epochs": 2, "train.trainer_args.save_total_limit": 3})
     pipeline.generate(cfg)

@@ -183,26 +183,7 @@ class OpenAITeacher:
                 self.waiting[ticket] = started
                 try:
                     self.stats.sent += 1
-                    extra = {"seed": sample} if self.t.samples_per_question > 1 else {}
-                    response = await self.client.chat.completions.create(
-                        model=self.t.model,
-                        messages=messages,
-                        temperature=self.t.temperature,
-                        max_tokens=self.t.max_tokens,
-                        **extra,
-                    )
-                    text = response.choices[0].message.content
-                    if text is None:
-                        raise ValueError("response without message content")
-                    usage = response.usage
-                    result = {
-                        "text": text,
-                        "latency_s": time.monotonic() - started,
-                        "usage": {
-                            "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
-                            "completion_tokens": getattr(usage, "completion_tokens", 0) or 0,
-                        },
-                    }
+                    result = await self._send(messages, sample, started)
                     self.cache.put(key, result)  # durable before it counts
                     self._account(result["usage"])
                     self.last_answer = time.monotonic()
@@ -231,8 +212,30 @@ class OpenAITeacher:
                 log.warning("request failed after %d retries (%s)", self.t.max_retries, error)
                 return None
             self.stats.retries += 1
-            backoff = random.uniform(0, min(self.t.backoff_max, self.t.backoff_base * 2 ** (attempt - 1)))
-            await asyncio.sleep(max(wait or 0.0, backoff))
+            await asyncio.sleep(max(wait or 0.0, self._backoff(attempt)))
+
+    async def _send(self, messages: list[dict], sample: int, started: float) -> dict:
+        """One chat completion: its text, latency and token usage (ValueError when it has no text)."""
+        extra = {"seed": sample} if self.t.samples_per_question > 1 else {}
+        response = await self.client.chat.completions.create(
+            model=self.t.model, messages=messages, temperature=self.t.temperature, max_tokens=self.t.max_tokens, **extra
+        )
+        text = response.choices[0].message.content
+        if text is None:
+            raise ValueError("response without message content")
+        usage = response.usage
+        return {
+            "text": text,
+            "latency_s": time.monotonic() - started,
+            "usage": {
+                "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
+                "completion_tokens": getattr(usage, "completion_tokens", 0) or 0,
+            },
+        }
+
+    def _backoff(self, attempt: int) -> float:
+        """Full-jitter exponential backoff."""
+        return random.uniform(0, min(self.t.backoff_max, self.t.backoff_base * 2 ** (attempt - 1)))
 
     def _account(self, usage: dict) -> None:
         self.stats.prompt_tokens += usage["prompt_tokens"]

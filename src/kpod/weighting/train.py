@@ -35,7 +35,11 @@ def build_keypoint_model(cfg: KPODConfig, student_name: str | None = None):
     reasoner = load_model(reasoner_name)
     if w.reasoner_lora:
         reasoner = add_lora(
-            reasoner, cfg.student.lora_r, cfg.student.lora_alpha, cfg.student.lora_dropout, cfg.student.target_modules
+            reasoner,
+            r=cfg.student.lora_r,
+            alpha=cfg.student.lora_alpha,
+            dropout=cfg.student.lora_dropout,
+            target_modules=cfg.student.target_modules,
         )
     if w.gradient_checkpointing and not (w.freeze_reasoner and w.reasoner_warmup_epochs == 0):
         reasoner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -34,10 +34,10 @@ def build_examples(cfg: KPODConfig, paths: RunPaths, splits: DatasetSplits | Non
                 f"{paths.rationales('train')}: {len(unknown)} rationale id(s) match no training question of "
                 f"{cfg.dataset} (e.g. {', '.join(unknown[:3])}); was it generated for another dataset or split?"
             )
-    kpod = cfg.method == "kpod"
-    weights = read_weights(paths.weights) if kpod and not cfg.train.uniform_weights else {}
+    use_weights = cfg.method == "kpod" and not cfg.train.uniform_weights
+    weights = read_weights(paths.weights) if use_weights else {}
     schedule = {}
-    if kpod and cfg.schedule.progressive:
+    if cfg.method == "kpod" and cfg.schedule.progressive:
         if not paths.schedule.is_file():
             raise DataError(
                 f"{paths.schedule}: schedule not found (run `kpod cluster` and `kpod calculate_difficulties`, "
@@ -55,7 +55,7 @@ def build_examples(cfg: KPODConfig, paths: RunPaths, splits: DatasetSplits | Non
     examples = []
     for row in rows:
         key = rationale_key(row)
-        if kpod and not cfg.train.uniform_weights and key not in weights:
+        if use_weights and key not in weights:
             raise DataError(f"{paths.weights}: no weights for rationale {key}; rerun `kpod train_token_weighting`")
         if schedule and key not in schedule:
             raise DataError(f"{paths.schedule}: no schedule for rationale {key}; rerun `kpod cluster`")
@@ -137,58 +137,25 @@ def training_arguments(cfg: KPODConfig, paths: RunPaths) -> TrainingArguments:
 
 
 def train_student(cfg: KPODConfig, splits: DatasetSplits | None = None, model_path: str | None = None) -> dict:
+    """The train stage: examples from the run folder, the Trainer, resume, the student and its summary."""
     paths = RunPaths(cfg.run_dir)
     examples = build_examples(cfg, paths, splits)
     base_name = model_path or cfg.student.model
-    model, tokenizer = load_student(base_name, cfg.student.dtype)
-    if cfg.student.lora and not hasattr(model, "peft_config"):
-        model = add_lora(
-            model, cfg.student.lora_r, cfg.student.lora_alpha, cfg.student.lora_dropout, cfg.student.target_modules
-        )
-    seq2seq = is_seq2seq(model)
-    dataset = DistillDataset(
-        examples,
-        tokenizer,
-        seq2seq,
-        cfg.student.max_input_tokens,
-        cfg.student.max_target_tokens,
-        cfg.train.weight_norm,
-        cfg.weighting.overlap,
-    )
-    callbacks = [StageCallback(dataset, cfg.schedule.stages)]
-    dev = None
-    if cfg.train.eval_every and splits is not None and splits.dev:
-        dev = DevAccuracyCallback(
-            splits.dev[: cfg.train.eval_questions],
-            tokenizer,
-            paths.student,
-            base_name,
-            cfg.train.eval_every,
-            cfg.eval.max_new_tokens,
-            cfg.eval.batch_size,
-        )
-        callbacks.append(dev)
-    trainer = DistillTrainer(
-        model=model,
-        args=training_arguments(cfg, paths),
-        train_dataset=dataset,
-        data_collator=DistillCollator(tokenizer.pad_token_id, seq2seq),
-        callbacks=callbacks,
-    )
+    trainer, dataset, dev = build_trainer(cfg, paths, examples, splits, base_name)
     checkpoint = latest_complete_checkpoint(paths.checkpoints) if cfg.train.resume else None
-    resume = checkpoint is not None
-    if resume:
+    if checkpoint is not None:
         log.info("resuming from %s", checkpoint)
     start = time.time()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if resume else None)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.time() - start
+    if not math.isfinite(result.training_loss):  # before anything is written
+        raise RuntimeError(f"training ended with a non-finite loss ({result.training_loss}); lower train.learning_rate")
     if (dev is None or dev.best is None) and trainer.is_world_process_zero():  # one process writes the student
-        save_trained_student(trainer.model, tokenizer, paths.student, base_name)
+        save_trained_student(trainer.model, trainer.processing_class, paths.student, base_name)
     trainer.accelerator.wait_for_everyone()
     report = dataset.truncation_report()
     if report:
         log.warning(report)
-    losses = [h for h in trainer.state.log_history if "loss" in h]
     summary = {
         "method": cfg.method,
         "examples": len(examples),
@@ -196,14 +163,60 @@ def train_student(cfg: KPODConfig, splits: DatasetSplits | None = None, model_pa
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "seconds": seconds,
-        "loss_history": losses,
+        "loss_history": [h for h in trainer.state.log_history if "loss" in h],
         "dev_history": dev.history if dev else [],
         "best_dev_accuracy": dev.best if dev else None,
         "truncated_inputs": len(dataset.truncated_inputs),
         "truncated_targets": len(dataset.truncated_targets),
-        "resumed": resume,
+        "resumed": checkpoint is not None,
     }
-    if not math.isfinite(result.training_loss):
-        raise RuntimeError(f"training ended with a non-finite loss ({result.training_loss}); lower train.learning_rate")
     write_json(paths.root / "train" / "summary.json", summary)
     return {k: v for k, v in summary.items() if k != "loss_history"}  # the full history stays in the file
+
+
+def build_trainer(
+    cfg: KPODConfig, paths: RunPaths, examples: list[DistillExample], splits: DatasetSplits | None, base_name: str
+) -> tuple[DistillTrainer, DistillDataset, DevAccuracyCallback | None]:
+    """The student (with LoRA when asked), its dataset, the stage and dev-accuracy callbacks, the Trainer."""
+    student = cfg.student
+    model, tokenizer = load_student(base_name, student.dtype)
+    if student.lora and not hasattr(model, "peft_config"):
+        model = add_lora(
+            model,
+            r=student.lora_r,
+            alpha=student.lora_alpha,
+            dropout=student.lora_dropout,
+            target_modules=student.target_modules,
+        )
+    seq2seq = is_seq2seq(model)
+    dataset = DistillDataset(
+        examples,
+        tokenizer,
+        seq2seq=seq2seq,
+        max_input_tokens=student.max_input_tokens,
+        max_target_tokens=student.max_target_tokens,
+        weight_norm=cfg.train.weight_norm,
+        overlap=cfg.weighting.overlap,
+    )
+    callbacks = [StageCallback(dataset, cfg.schedule.stages)]
+    dev = None
+    if cfg.train.eval_every and splits is not None and splits.dev:
+        dev = DevAccuracyCallback(
+            splits.dev[: cfg.train.eval_questions],
+            tokenizer,
+            best_dir=paths.student,
+            base_model=base_name,
+            every=cfg.train.eval_every,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            batch_size=cfg.eval.batch_size,
+        )
+        callbacks.append(dev)
+    trainer = DistillTrainer(
+        model=model,
+        args=training_arguments(cfg, paths),
+        train_dataset=dataset,
+        data_collator=DistillCollator(tokenizer.pad_token_id, seq2seq),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    return trainer, dataset, dev
