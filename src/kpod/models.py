@@ -118,10 +118,50 @@ def apply_adapter(model, adapter: Path, base_name: str):
     return PeftModel.from_pretrained(model, adapter)
 
 
+_ARCHITECTURE_KEYS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "d_model",
+    "num_hidden_layers",
+    "num_layers",
+    "num_attention_heads",
+    "num_heads",
+    "intermediate_size",
+    "d_ff",
+)
+
+
+def base_fingerprint(model) -> dict:
+    """What an adapter depends on, by content rather than name: the base model's architecture and
+    the norms of its first embedding rows (the embeddings are not LoRA targets, so training leaves
+    them as they were; compared with a tolerance, so loading in another dtype still matches)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config.to_dict()
+    rows = base.get_input_embeddings().weight[:8].detach().float().abs().sum(dim=1)
+    return {"architecture": {k: config[k] for k in _ARCHITECTURE_KEYS if k in config}, "embedding_rows": rows.tolist()}
+
+
+def fingerprint_mismatch(expected: dict, found: dict) -> str | None:
+    if expected["architecture"] != found["architecture"]:
+        return f"architecture {expected['architecture']} vs {found['architecture']}"
+    for a, b in zip(expected["embedding_rows"], found["embedding_rows"]):
+        if abs(a - b) > 1e-2 * max(abs(a), abs(b), 1e-6):
+            return "same architecture, different weights"
+    return None
+
+
 def load_trained_student(folder: Path, dtype: str = "float32"):
     info = json.loads((folder / STUDENT_INFO).read_text())
     if info.get("adapter"):
         base = load_model(info["base_model"], dtype)
+        expected = info.get("base_fingerprint")
+        problem = expected and fingerprint_mismatch(expected, base_fingerprint(base))
+        if problem:
+            raise ValueError(
+                f"{folder}: the adapter was trained on another model than the one now at {info['base_model']!r} "
+                f"({problem}); point kpod_student.json's base_model at the model it was trained on"
+            )
         return apply_adapter(base, folder, base_name=info["base_model"])
     cls = AutoModelForSeq2SeqLM if info.get("seq2seq") else AutoModelForCausalLM
     return cls.from_pretrained(folder, dtype=_DTYPES[dtype])
@@ -142,7 +182,15 @@ def save_trained_student(model, tokenizer, folder: Path, base_model: str) -> Non
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     (staging / STUDENT_INFO).write_text(
-        json.dumps({"base_model": base_model, "adapter": adapter, "seq2seq": is_seq2seq(model)}, indent=2)
+        json.dumps(
+            {
+                "base_model": base_model,
+                "adapter": adapter,
+                "seq2seq": is_seq2seq(model),
+                "base_fingerprint": base_fingerprint(model) if adapter else None,
+            },
+            indent=2,
+        )
     )
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)

@@ -59,7 +59,7 @@ def test_training_lowers_the_loss_and_saved_model_predicts_the_same(request, tmp
     assert any(not torch.equal(v, fresh.state_dict()[k]) for k, v in trained_state.items())
 
 
-def test_lora_adapter_round_trip_and_wrong_base(tmp_path, tiny_llama, tiny_t5):
+def test_lora_adapter_round_trip_and_wrong_base(tmp_path, tiny_llama, tiny_t5, data_dir):
     cfg = _cfg(tmp_path / "run", tiny_llama, **{"student.lora": True, "student.lora_r": 4, "train.epochs": 1})
     pipeline.generate(cfg)
     pipeline.train(cfg)
@@ -71,6 +71,16 @@ def test_lora_adapter_round_trip_and_wrong_base(tmp_path, tiny_llama, tiny_t5):
     assert metrics["total"] == 4
     with pytest.raises(ValueError, match="adapter was trained on"):
         load_student(str(tiny_t5), adapter=student)
+    # another model under the same folder name (same architecture, other weights) is refused by content
+    from kpod.testing import build_tiny_model
+
+    impostor = build_tiny_model(
+        "llama", data_dir / "tokenizers" / "llama", tmp_path / "other" / Path(tiny_llama).name, seed=1
+    )
+    info = json.loads((student / "kpod_student.json").read_text())
+    (student / "kpod_student.json").write_text(json.dumps({**info, "base_model": str(impostor)}))
+    with pytest.raises(ValueError, match="trained on another model.*same architecture, different weights"):
+        load_student(str(student))
 
 
 def test_resume_continues_the_same_run(tmp_path, tiny_t5):
