@@ -129,6 +129,41 @@ def test_resume_skips_a_checkpoint_left_half_written(tmp_path, tiny_t5, damage, 
     assert "skipping" in caplog.text and "checkpoint-6" in caplog.text
 
 
+def test_a_full_disk_while_checkpointing_is_a_clear_error_and_resumable(tmp_path, tiny_t5, monkeypatch):
+    """The disk fills up while checkpoint-6 is written: one error naming the folder and the space a
+    checkpoint needs, the half-written checkpoint removed, checkpoint-3 intact, and a rerun resumes."""
+    import errno
+
+    from transformers import Trainer
+
+    from kpod.student.recipe import DiskFullError
+
+    settings = {"train.epochs": 2, "train.trainer_args.save_total_limit": 3}
+    cfg = _cfg(tmp_path / "run", tiny_t5, **settings)
+    pipeline.generate(cfg)
+    save = Trainer._save_checkpoint
+
+    def save_until_the_disk_is_full(self, model, trial):
+        if self.state.global_step >= 6:
+            partial = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            partial.mkdir(parents=True)
+            (partial / "model.safetensors").write_bytes(b"\x10\x00")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(self, model, trial)
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save_until_the_disk_is_full)
+    with pytest.raises(
+        DiskFullError, match=r"disk full while writing a checkpoint in .*checkpoints.*MiB.*checkpoint-3"
+    ):
+        pipeline.train(cfg)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-3"]
+    assert not (tmp_path / "run" / "student").exists()
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save)
+    resumed = pipeline.train(_cfg(tmp_path / "run", tiny_t5, **settings))
+    assert resumed["resumed"] and resumed["steps"] == 6
+
+
 def test_bad_training_input(tmp_path, tiny_t5):
     cfg = _cfg(tmp_path / "run", tiny_t5)
     with pytest.raises(DataError, match="rationales file not found"):

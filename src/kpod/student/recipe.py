@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
+import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -96,6 +98,28 @@ def _safetensors_whole(path: Path) -> bool:
         return False
 
 
+class DiskFullError(OSError):
+    """The disk filled up while training wrote a checkpoint or the student."""
+
+
+def disk_full_message(checkpoints: Path) -> str:
+    """Remove the checkpoint left half-written, and say how much space a checkpoint needs and which
+    complete one a rerun resumes from."""
+    complete = latest_complete_checkpoint(checkpoints)
+    for folder in Path(checkpoints).glob("checkpoint-*"):
+        if folder != complete and folder.is_dir() and checkpoint_problem(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+    size = sum(f.stat().st_size for f in complete.rglob("*") if f.is_file()) if complete else 0
+    free = shutil.disk_usage(checkpoints).free if Path(checkpoints).exists() else 0
+    resume = f"rerun to resume from {complete.name}" if complete else "rerun to start again"
+    need = f"a checkpoint takes about {size / 2**20:.0f} MiB, " if size else ""
+    return (
+        f"disk full while writing a checkpoint in {checkpoints} ({need}{free / 2**20:.0f} MiB free there): free space, "
+        f"or keep fewer checkpoints (train.trainer_args.save_total_limit=1, or train.save_checkpoints=false), then "
+        f"{resume}; the half-written checkpoint was removed"
+    )
+
+
 def latest_complete_checkpoint(checkpoints: Path) -> Path | None:
     """The newest checkpoint-N folder that can be resumed from; damaged newer ones are named in the log."""
     folders = sorted(
@@ -146,7 +170,12 @@ def train_student(cfg: KPODConfig, splits: DatasetSplits | None = None, model_pa
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)
     start = time.time()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise DiskFullError(disk_full_message(paths.checkpoints)) from None
     seconds = time.time() - start
     if not math.isfinite(result.training_loss):  # before anything is written
         raise RuntimeError(f"training ended with a non-finite loss ({result.training_loss}); lower train.learning_rate")
