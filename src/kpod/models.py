@@ -93,7 +93,15 @@ def load_model(name: str, dtype: str = "float32"):
     if (path / STUDENT_INFO).is_file():
         return load_trained_student(path, dtype)
     resolved = resolve_model_name(name)
-    config = AutoConfig.from_pretrained(resolved)
+    try:
+        config = AutoConfig.from_pretrained(resolved)
+    except (OSError, ValueError) as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        where = "the Hugging Face Hub is offline (HF_HUB_OFFLINE=1)" if offline else "the Hub has no such model"
+        raise FileNotFoundError(
+            f"{name}: not a model folder (no config.json) and {where}; pass a folder written by "
+            f"save_pretrained or `kpod train`, or a hub id such as google/flan-t5-large ({type(exc).__name__})"
+        ) from None
     cls = AutoModelForSeq2SeqLM if is_seq2seq(config) else AutoModelForCausalLM
     return cls.from_pretrained(resolved, dtype=_DTYPES[dtype])
 

@@ -43,10 +43,26 @@ def load_splits(cfg: KPODConfig) -> DatasetSplits:
     return splits
 
 
+def prepare_run_folder(root: Path) -> None:
+    """The run folder exists and is writable, or a DataError says what to change."""
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: the output folder is a file; choose another --output-dir")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".kpod-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise DataError(
+            f"{root}: cannot write the run folder there ({exc.strerror}); choose another --output-dir"
+        ) from None
+
+
 @contextlib.contextmanager
 def stage_logging(cfg: KPODConfig, stage: str):
     """Log the stage to `logs/<stage>.log` in the run folder and snapshot the resolved config."""
     paths = RunPaths(cfg.run_dir)
+    prepare_run_folder(paths.root)
     paths.log_file(stage).parent.mkdir(parents=True, exist_ok=True)
     (paths.root / "configs").mkdir(parents=True, exist_ok=True)
     (paths.root / "configs" / f"{stage}.yaml").write_text(yaml.safe_dump(cfg.snapshot(), sort_keys=False))

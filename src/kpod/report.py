@@ -10,12 +10,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 import yaml
 
-from kpod.artifacts import RunPaths, atomic_write_text
+from kpod.artifacts import RunPaths, atomic_write_text, read_json
+from kpod.data.datasets import read_jsonl
 from kpod.weighting.view import HTML_STYLE, html_block, weight_examples
 
 # Paper Table 1 (KPOD rows), accuracy in %.
@@ -35,11 +35,13 @@ def paper_figure(student: str, dataset: str) -> tuple[str, float] | None:
 
 
 def _json(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
+    return (
+        read_json(path, "delete it and rerun the stage that writes it, then `kpod report`") if path.is_file() else None
+    )
 
 
 def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return read_jsonl(path) if path.is_file() else []
 
 
 def _figure(draw) -> bytes:
@@ -228,6 +230,9 @@ def _weights_sections(report: Report, paths: RunPaths) -> None:
 def _schedule_section(report: Report, paths: RunPaths) -> None:
     schedule = _json(paths.schedule)
     if not schedule:
+        return
+    if not schedule.get("table"):
+        report.section("Progressive schedule", f"<p>{paths.schedule} has no stages</p>", "the schedule has no stages")
         return
     h1, m1 = report.figure("budget", _budget_plot(schedule))
     h2, m2 = report.figure("clusters", _cluster_plot(schedule))

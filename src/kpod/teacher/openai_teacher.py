@@ -28,7 +28,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from kpod.config import KPODConfig
-from kpod.data.datasets import Question
+from kpod.data.datasets import DataError, Question
 from kpod.teacher.records import rationale_record
 
 log = logging.getLogger(__name__)
@@ -53,12 +53,19 @@ class ResponseCache:
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, response TEXT NOT NULL, created REAL)"
-        )
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, response TEXT NOT NULL, created REAL)"
+            )
+            self.db.execute("SELECT count(*) FROM responses").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise DataError(
+                f"{path}: damaged teacher cache ({exc}); move it away and rerun `kpod generate` (the answers it held "
+                "are then requested, and paid for, again)"
+            ) from None
 
     def get(self, key: str) -> dict | None:
         row = self.db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
