@@ -8,7 +8,7 @@ import kpod
 
 PACKAGE = Path(kpod.__file__).parent
 ENTRY_POINTS = {"cli", "quickstart"}
-ORCHESTRATION = {"pipeline", "report"}
+ORCHESTRATION = {"pipeline", "report", "export"}
 STAGES = {"teacher", "weighting", "curriculum", "student", "evaluation"}
 
 

@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
         _common(sub.add_parser(name, help=f"run the {name} stage"))
     report = sub.add_parser("report", help="write report.html and report.md for a run folder")
     report.add_argument("run_dir")
+    export = sub.add_parser(
+        "export", help="the run's student as a standalone Hugging Face folder, or its token weights as a dataset"
+    )
+    export.add_argument("run_dir")
+    export.add_argument("--out", help="model folder to write (weights, tokenizer, generation config, model card)")
+    export.add_argument("--merge", action="store_true", help="merge the LoRA adapter into the base weights")
+    export.add_argument("--push-to-hub", dest="push_to_hub", metavar="REPO_ID", help="also upload the folder")
+    export.add_argument("--weights", metavar="FILE", help="token weights as FILE.parquet or a datasets folder")
     comp = sub.add_parser("compare", help="accuracy of arms of runs with paired CIs and McNemar tests")
     comp.add_argument("runs", nargs="*", help="run folders (arms from their configs)")
     comp.add_argument("--split", default="test")
@@ -164,6 +172,20 @@ def main(argv: list[str] | None = None) -> int:
         from kpod.report import write_report
 
         return _run(lambda: {"report": str(write_report(args.run_dir))})
+    if args.stage == "export":
+        from kpod.export import export_student, export_weights
+
+        def run_export() -> dict:
+            if not (args.out or args.weights):
+                raise ValueError("kpod export: give --out DIR (the student) and/or --weights FILE (the token weights)")
+            result = {}
+            if args.out:
+                result["student"] = export_student(args.run_dir, args.out, args.merge, args.push_to_hub)
+            if args.weights:
+                result["weights"] = export_weights(args.run_dir, args.weights)
+            return result
+
+        return _run(run_export)
     if args.stage == "compare":
         from kpod.evaluation.compare import compare
 
