@@ -185,8 +185,22 @@ def test_truncation_is_counted(tmp_path, tiny_t5):
     assert summary["truncated_targets"] > 0
 
 
-def test_two_process_data_parallel_matches_one_process(tmp_path, tiny_llama):
-    """torchrun --nproc_per_node 2 (gloo) with the same global batch follows the one-process loss curve."""
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"],
+    "accelerate": [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(Path(__file__).resolve().parents[2] / "configs/accelerate/cpu-ddp.yaml"),
+    ],
+}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_process_data_parallel_matches_one_process(tmp_path, tiny_llama, launcher):
+    """torchrun --nproc_per_node 2, or accelerate launch with configs/accelerate/cpu-ddp.yaml (gloo), with
+    the same global batch follows the one-process loss curve."""
     script = tmp_path / "dp.py"
     script.write_text(
         "import json, sys\nfrom kpod import pipeline\nfrom kpod.config import load_config\n"
@@ -215,8 +229,9 @@ def test_two_process_data_parallel_matches_one_process(tmp_path, tiny_llama):
         [sys.executable, str(script), str(one), "4"], env=env, capture_output=True, text=True, timeout=600
     )
     assert out1.returncode == 0, out1.stderr[-3000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
-    out2 = subprocess.run(torchrun + [str(script), str(two), "2"], env=env, capture_output=True, text=True, timeout=600)
+    out2 = subprocess.run(
+        LAUNCHERS[launcher] + [str(script), str(two), "2"], env=env, capture_output=True, text=True, timeout=600
+    )
     assert out2.returncode == 0, out2.stderr[-3000:]
 
     def curve(out):
