@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", metavar="FILE", help="token weights as FILE.parquet or a datasets folder")
     comp = sub.add_parser("compare", help="accuracy of arms of runs with paired CIs and McNemar tests")
     comp.add_argument("runs", nargs="*", help="run folders (arms from their configs)")
-    comp.add_argument("--split", default="test")
+    comp.add_argument("--split", default="test", help="split(s) to compare on; dev,test pools both")
     comp.add_argument("--group", action="append", default=[], metavar="NAME=RUN,RUN", help="an arm named by hand")
     comp.add_argument("--html", help="write an HTML page with the difference plot here")
     comp.add_argument("--json", help="write the full result as JSON here")

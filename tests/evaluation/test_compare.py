@@ -76,3 +76,19 @@ def test_compare_refuses_different_questions(tmp_path):
     with pytest.raises(DataError, match="different questions"):
         compare_runs([load_run(a, "test"), load_run(b, "test")])
     assert main(["compare", str(a), "--split", "dev"]) == 2  # not evaluated on dev: an error, not a traceback
+
+
+def test_several_splits_are_pooled_by_question(tmp_path):
+    """--split dev,test: both splits' questions, kept apart by split (the same id may occur in both)."""
+    a = _run(tmp_path, "a", [1, 0, 1])
+    b = _run(tmp_path, "b", [0, 0, 1], method="std-cot")
+    for run, correct in ((a, [1, 1]), (b, [0, 1])):
+        write_jsonl(
+            run / "eval/dev/predictions.jsonl",
+            [{"id": f"q{i}", "correct": c, "answer_sentence": True} for i, c in enumerate(correct)],
+        )
+    pooled = load_run(a, "dev,test")
+    assert sorted(pooled.correct) == ["dev/q0", "dev/q1", "test/q0", "test/q1", "test/q2"]
+    result = compare_runs([pooled, load_run(b, "dev,test")], resamples=500)
+    assert [arm["accuracy_mean"] for arm in result["arms"]] == [pytest.approx(80.0), pytest.approx(40.0)]
+    assert (result["pairs"][0]["a_only"], result["pairs"][0]["b_only"]) == (2, 0)

@@ -64,15 +64,21 @@ def arm_name(run_dir: Path) -> str:
 
 
 def load_run(run_dir: str | Path, split: str, arm: str | None = None) -> EvaluatedRun:
+    """A run's per-question correctness on `split`; several splits joined by commas (dev,test) are pooled,
+    each question id prefixed by its split."""
     run_dir = Path(run_dir)
-    predictions = RunPaths(run_dir).eval_dir(split) / "predictions.jsonl"
-    if not predictions.is_file():
-        raise DataError(
-            f"{predictions}: not found; run `kpod evaluate --output-dir {run_dir}` on the {split} split first"
-        )
-    rows = read_jsonl(predictions)
-    if not rows:
-        raise DataError(f"{predictions}: no predictions")
+    splits = [s.strip() for s in split.split(",") if s.strip()]
+    rows: list[dict] = []
+    for name in splits:
+        predictions = RunPaths(run_dir).eval_dir(name) / "predictions.jsonl"
+        if not predictions.is_file():
+            raise DataError(
+                f"{predictions}: not found; run `kpod evaluate --output-dir {run_dir}` on the {name} split first"
+            )
+        part = read_jsonl(predictions)
+        if not part:
+            raise DataError(f"{predictions}: no predictions")
+        rows += [{**r, "id": f"{name}/{r['id']}" if len(splits) > 1 else r["id"]} for r in part]
     seed = None
     for stage in ("train", "evaluate"):
         snapshot = run_dir / "configs" / f"{stage}.yaml"
