@@ -83,6 +83,20 @@ def test_lora_adapter_round_trip_and_wrong_base(tmp_path, tiny_llama, tiny_t5, d
         load_student(str(student))
 
 
+def test_switching_from_lora_to_full_leaves_no_adapter_behind(tmp_path, tiny_t5):
+    """The student folder is replaced whole: after a full fine-tuning run in a folder that held a LoRA
+    student, no adapter file is left for evaluation to apply on top of the new model."""
+    lora = _cfg(tmp_path / "run", tiny_t5, **{"student.lora": True, "student.lora_r": 4, "train.epochs": 1})
+    pipeline.generate(lora)
+    pipeline.train(lora)
+    assert (tmp_path / "run/student/adapter_config.json").is_file()
+    pipeline.train(_cfg(tmp_path / "run", tiny_t5, **{"train.epochs": 1}))
+    names = {f.name for f in (tmp_path / "run/student").iterdir()}
+    assert not any(n.startswith("adapter_") for n in names) and "model.safetensors" in names
+    model, _ = load_student(str(tmp_path / "run/student"))
+    assert not hasattr(model, "peft_config")
+
+
 def test_resume_continues_the_same_run(tmp_path, tiny_t5):
     whole = _cfg(tmp_path / "whole", tiny_t5, **{"train.epochs": 2})
     pipeline.generate(whole)
