@@ -98,10 +98,11 @@ def main() -> int:
 
     tokenizer_dir = Path(data_dir or "../shared/data") / "tokenizers" / "flan-t5"
     try:
-        from kpod.student.data import DistillCollator, DistillDataset, DistillExample
-        from kpod.student.load import load_student
-        from kpod.student.tiny import build_tiny_model
+        from kpod.layout import DistillCollator, DistillExample
+        from kpod.models import load_student
+        from kpod.student.data import DistillDataset
         from kpod.student.trainer import weighted_token_loss
+        from kpod.testing import build_tiny_model
 
         if not (tokenizer_dir / "spiece.model").is_file():
             line("note", "forward/backward", f"skipped: no tokenizer at {tokenizer_dir}")
