@@ -10,8 +10,11 @@ returns the stored weights exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+
+Overlap = Literal["max", "mean"]  # how a token takes the weights of the stored tokens it overlaps
 
 
 @dataclass
@@ -30,7 +33,7 @@ class TokenWeights:
         return chars
 
 
-def span_weight(chars: np.ndarray, start: int, end: int, how: str = "max") -> float | None:
+def span_weight(chars: np.ndarray, start: int, end: int, how: Overlap = "max") -> float | None:
     """Weight of a token covering characters [start, end) of the rationale, None if unknown."""
     start, end = max(start, 0), min(end, len(chars))
     if end <= start:
@@ -43,7 +46,7 @@ def span_weight(chars: np.ndarray, start: int, end: int, how: str = "max") -> fl
 
 
 def map_weights(
-    chars: np.ndarray, offsets: list[tuple[int, int]], shift: int = 0, how: str = "max"
+    chars: np.ndarray, offsets: list[tuple[int, int]], shift: int = 0, how: Overlap = "max"
 ) -> list[float | None]:
     """Weights for tokens whose offsets are relative to a text that starts `shift` characters into
     the rationale (tokens outside the rationale get None)."""

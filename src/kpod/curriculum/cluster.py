@@ -96,6 +96,7 @@ def kmeans(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def cluster_questions(cfg: KPODConfig) -> dict:
+    """The cluster stage: K-means over averaged word vectors of the questions (clusters/clusters.json)."""
     paths = RunPaths(cfg.run_dir)
     rows = read_rationales(paths.rationales("train"), include_incorrect=True)
     questions = {}

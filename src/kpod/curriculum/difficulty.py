@@ -19,7 +19,7 @@ from kpod.layout import DistillCollator, DistillExample, encode_example, source_
 from kpod.models import is_seq2seq, load_student
 from kpod.parallel import map_across_processes, process_state
 from kpod.rationale import step_char_spans
-from kpod.token_weights import map_weights
+from kpod.token_weights import Overlap, map_weights
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def step_difficulties(
     in_rationale: list[bool],
     steps: list[str],
     chars: np.ndarray | None,
-    how: str = "max",
+    how: Overlap = "max",
 ) -> list[float]:
     """Eq. 8 for one rationale: softmax of w over each step's tokens times their NLL, summed."""
     spans = step_char_spans(steps)
@@ -53,6 +53,8 @@ def step_difficulties(
 
 
 def compute_difficulties(cfg: KPODConfig) -> dict:
+    """The calculate_difficulties stage: per rationale step, the pretrained student's weighted NLL of its
+    tokens (difficulty/difficulties.jsonl and a summary)."""
     paths = RunPaths(cfg.run_dir)
     rows = read_rationales(paths.rationales("train"), include_incorrect=True)
     weights = read_weights(paths.weights) if cfg.difficulty.use_weights else {}

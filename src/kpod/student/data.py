@@ -8,12 +8,13 @@ every epoch without re-tokenising the dataset.
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from kpod.layout import DistillExample, encode_example, source_target_item
-from kpod.token_weights import map_weights
+from kpod.token_weights import Overlap, map_weights
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,8 @@ class DistillDataset(Dataset):
         seq2seq: bool,
         max_input_tokens: int = 512,
         max_target_tokens: int = 384,
-        weight_norm: str = "example_mean",
-        overlap: str = "max",
+        weight_norm: Literal["example_mean", "none"] = "example_mean",
+        overlap: Overlap = "max",
     ):
         if not examples:
             raise ValueError("no training examples")

@@ -319,6 +319,8 @@ async def _run(cfg: KPODConfig, questions: list[Question], cache: ResponseCache,
 def run_openai_teacher(
     cfg: KPODConfig, questions: list[Question], paths, progress: bool = True
 ) -> tuple[list[dict], dict]:
+    """The generate stage with an OpenAI-compatible teacher: every (question, sample) asked once, answers
+    cached as they arrive; returns the rationale records and a summary (requests, retries, tokens, cost)."""
     api_key = os.environ.get(cfg.teacher.api_key_env)
     if not api_key:
         raise TeacherError(

@@ -158,6 +158,8 @@ def held_out_questions(question_ids: list[str], holdout: float) -> set[str]:
 
 
 def train_weighting(cfg: KPODConfig) -> dict:
+    """The train_token_weighting stage: fit the keypoint model on the run's rationales (holding some out)
+    and write every rationale's token weights (weights/weights.jsonl, heldout.json, module.pt, summary)."""
     paths = RunPaths(cfg.run_dir)
     all_rows = read_rationales(paths.rationales("train"), include_incorrect=True)
     usable = [r for r in all_rows if cfg.train.include_incorrect or r.get("correct", True)]
