@@ -27,6 +27,16 @@ from kpod.config import load_config
 from kpod.data import load_dataset_splits
 from kpod.teacher.importers import import_rationales
 
+# the student, LoRA and batch settings every SVAMP bench shares
+STUDENT_SETTINGS = [
+    "train.eval_every=0",
+    "train.batch_size=4",
+    "student.lora_r=16",
+    "student.lora_alpha=32",
+    "student.max_input_tokens=320",
+    "student.max_target_tokens=256",
+    "eval.batch_size=16",
+]
 ARMS = {
     "base": [],
     "std-cot": ["method=std-cot"],
@@ -72,14 +82,8 @@ def main() -> None:
         f"train.epochs={args.epochs}",
         f"train.learning_rate={args.lr}",
         f"seed={args.seed}",
-        "train.eval_every=0",
-        "train.batch_size=4",
-        "student.lora_r=16",
-        "student.lora_alpha=32",
-        "student.max_input_tokens=320",
-        "student.max_target_tokens=256",
+        *STUDENT_SETTINGS,
         f"eval.max_new_tokens={args.max_new_tokens}",
-        "eval.batch_size=16",
         "weighting.reasoner_lora=true",
         "weighting.epochs=1",
         "weighting.prefixes=sample:2",

@@ -25,7 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
-from svamp_smollm2 import first_correct_rationales  # bench/ is on sys.path when run as a script
+from svamp_smollm2 import ARMS, STUDENT_SETTINGS, first_correct_rationales  # bench/ is on sys.path as a script
 
 from kpod import pipeline
 from kpod.artifacts import RunPaths
@@ -33,13 +33,6 @@ from kpod.config import load_config
 from kpod.data.datasets import read_jsonl
 from kpod.weighting.faithfulness import measure_faithfulness
 
-ARMS = {
-    "base": [],
-    "std-cot": ["method=std-cot"],
-    "kpod": [],
-    "kpod-uniform": ["train.uniform_weights=true"],
-    "kpod-no-schedule": ["schedule.progressive=false"],
-}
 PLAN = "std-cot:0,kpod:0,std-cot:1,kpod:1,std-cot:2,kpod:2,kpod-uniform:0,kpod-no-schedule:0,base:0"
 UPSTREAM = ["rationales", "weights", "difficulty", "clusters", "schedule"]
 
@@ -99,14 +92,8 @@ def main() -> None:
         f"train.epochs={args.epochs}",
         f"schedule.stages={args.stages}",
         f"train.learning_rate={args.lr}",
-        "train.eval_every=0",
-        "train.batch_size=4",
-        "student.lora_r=16",
-        "student.lora_alpha=32",
-        "student.max_input_tokens=320",
-        "student.max_target_tokens=256",
+        *STUDENT_SETTINGS,
         f"eval.max_new_tokens={args.max_new_tokens}",
-        "eval.batch_size=16",
         "weighting.max_rationale_tokens=192",
         "weighting.max_question_tokens=96",
     ]
