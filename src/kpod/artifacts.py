@@ -65,6 +65,54 @@ class RunPaths:
     def log_file(self, stage: str) -> Path:
         return self.root / "logs" / f"{stage}.log"
 
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "logs" / "tensorboard"
+
+    def config_snapshot(self, stage: str) -> Path:
+        """The resolved config of the stage's last run."""
+        return self.root / "configs" / f"{stage}.yaml"
+
+    def rationales_summary(self, split: str = "train") -> Path:
+        return self.root / "rationales" / f"{split}.summary.json"
+
+    @property
+    def weights_summary(self) -> Path:
+        return self.root / "weights" / "summary.json"
+
+    @property
+    def difficulties_summary(self) -> Path:
+        return self.root / "difficulty" / "summary.json"
+
+    @property
+    def schedule_table(self) -> Path:
+        return self.root / "schedule" / "table.txt"
+
+    @property
+    def train_summary(self) -> Path:
+        return self.root / "train" / "summary.json"
+
+    @property
+    def manifest(self) -> Path:
+        """What each stage read (stages.json)."""
+        return self.root / "stages.json"
+
+    @property
+    def comparison(self) -> Path:
+        return self.root / "comparison.json"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def report_files(self) -> Path:
+        return self.root / "report_files"
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a crash never leaves half a file."""

@@ -66,7 +66,7 @@ def export_student(run_dir: str | Path, out: str | Path, merge: bool = False, pu
 
 
 def _run_config(paths: RunPaths) -> dict:
-    snapshot = paths.root / "configs" / "train.yaml"
+    snapshot = paths.config_snapshot("train")
     return (yaml.safe_load(snapshot.read_text()) or {}) if snapshot.is_file() else {}
 
 
@@ -90,7 +90,7 @@ def model_card(paths: RunPaths, config: dict, info: dict, kind: str) -> str:
                 f"c0_ratio={schedule.get('c0_ratio')}, beta={schedule.get('beta')}, stages={schedule.get('stages')}",
             }
         )
-    teacher = _optional_json(paths.root / "rationales" / "train.summary.json")
+    teacher = _optional_json(paths.rationales_summary("train"))
     accuracy = []
     for metrics_file in sorted(paths.root.glob("eval/*/metrics.json")):
         m = _optional_json(metrics_file)

@@ -64,8 +64,8 @@ def stage_logging(cfg: KPODConfig, stage: str):
     paths = RunPaths(cfg.run_dir)
     prepare_run_folder(paths.root)
     paths.log_file(stage).parent.mkdir(parents=True, exist_ok=True)
-    (paths.root / "configs").mkdir(parents=True, exist_ok=True)
-    (paths.root / "configs" / f"{stage}.yaml").write_text(yaml.safe_dump(cfg.snapshot(), sort_keys=False))
+    paths.config_snapshot(stage).parent.mkdir(parents=True, exist_ok=True)
+    paths.config_snapshot(stage).write_text(yaml.safe_dump(cfg.snapshot(), sort_keys=False))
     handler = logging.FileHandler(paths.log_file(stage))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -119,7 +119,7 @@ def generate(cfg: KPODConfig, split: str = "train") -> dict:
                     "teacher_accuracy": 100.0 * correct / max(1, len(records)),
                 }
             )
-            write_json(paths.root / "rationales" / f"{split}.summary.json", summary)
+            write_json(paths.rationales_summary(split), summary)
             log.info("wrote %d rationales (%d correct) to %s", len(records), correct, out)
             return summary
 
@@ -201,7 +201,7 @@ def evaluate(cfg: KPODConfig, model_path: str | None = None, split: str | None =
 
 
 def _trained_dataset(paths: RunPaths) -> str | None:
-    snapshot = paths.root / "configs" / "train.yaml"
+    snapshot = paths.config_snapshot("train")
     if not (paths.student / "kpod_student.json").is_file() or not snapshot.is_file():
         return None
     return (yaml.safe_load(snapshot.read_text()) or {}).get("dataset")
@@ -209,7 +209,6 @@ def _trained_dataset(paths: RunPaths) -> str | None:
 
 # ---------------------------------------------------------------- what each stage read
 
-MANIFEST = "stages.json"
 # where files and logs go, not what a stage computes
 NOT_INPUTS = {"output_dir", "report_to"}
 
@@ -290,7 +289,7 @@ def _current_inputs(cfg: KPODConfig, stage: str, arguments: dict) -> dict:
 
 
 def read_manifest(run_dir: Path) -> dict:
-    path = Path(run_dir) / MANIFEST
+    path = RunPaths(run_dir).manifest
     if not path.is_file():
         return {}
     manifest = read_json(path, "delete it: every stage then reruns once")
@@ -360,14 +359,14 @@ def recorded_stage(cfg: KPODConfig, stage: str, arguments: dict | None = None):
     if stage == "train":
         _discard_foreign_checkpoints(cfg, paths, manifest, inputs, arguments, main_process)
     if main_process and manifest.pop(stage, None) is not None:
-        write_json(paths.root / MANIFEST, manifest)
+        write_json(paths.manifest, manifest)
     with record_reads() as reads:
         yield
     if main_process:
         recorded = {d: cfg.value_at(d) for d in sorted(reads - NOT_INPUTS)}
         manifest = read_manifest(paths.root)
         manifest[stage] = {"reads": recorded, "inputs": inputs, "arguments": arguments}
-        write_json(paths.root / MANIFEST, manifest)
+        write_json(paths.manifest, manifest)
 
 
 def _discard_foreign_checkpoints(cfg, paths, manifest, inputs, arguments, main_process) -> None:
@@ -379,7 +378,7 @@ def _discard_foreign_checkpoints(cfg, paths, manifest, inputs, arguments, main_p
     if manifest.get("train_started", {}).get("key") != key and main_process:
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
         manifest["train_started"] = {"key": key}
-        write_json(paths.root / MANIFEST, manifest)
+        write_json(paths.manifest, manifest)
 
 
 def full_pipeline(cfg: KPODConfig, model_path: str | None = None, force: bool = False) -> dict:

@@ -135,7 +135,7 @@ def write_report(run_dir: str | Path) -> Path:
     config = next(
         (
             yaml.safe_load(p.read_text())
-            for p in [paths.root / "configs" / f"{s}.yaml" for s in ("train", "evaluate", "generate")]
+            for p in [paths.config_snapshot(s) for s in ("train", "evaluate", "generate")]
             if p.is_file()
         ),
         {},
@@ -177,7 +177,7 @@ def _accuracy_section(report: Report, paths: RunPaths, config: dict, split: str)
 
 
 def _data_section(report: Report, paths: RunPaths) -> None:
-    teacher = _json(paths.root / "rationales" / "train.summary.json")
+    teacher = _json(paths.rationales_summary("train"))
     if not teacher:
         return
     names = (
@@ -210,7 +210,7 @@ def _weights_sections(report: Report, paths: RunPaths) -> None:
             for r, o, w in examples
         )
         report.section("Token weights (darker red = higher w inside the rationale; hover for w)", blocks, md)
-    comparison = _json(paths.root / "comparison.json")
+    comparison = _json(paths.comparison)
     if comparison and comparison.get("html"):
         link = comparison["html"]
         report.section(
@@ -236,7 +236,7 @@ def _schedule_section(report: Report, paths: RunPaths) -> None:
         return
     h1, m1 = report.figure("budget", _budget_plot(schedule))
     h2, m2 = report.figure("clusters", _cluster_plot(schedule))
-    table_file = paths.schedule.with_name("table.txt")
+    table_file = paths.schedule_table
     table = table_file.read_text() if table_file.is_file() else ""
     report.section(
         "Progressive schedule", f"{h1}{h2}<pre>{html.escape(table)}</pre>", f"{m1}\n\n{m2}\n\n```\n{table}```"
@@ -244,7 +244,7 @@ def _schedule_section(report: Report, paths: RunPaths) -> None:
 
 
 def _training_section(report: Report, paths: RunPaths) -> None:
-    summary = _json(paths.root / "train" / "summary.json")
+    summary = _json(paths.train_summary)
     if summary and summary.get("loss_history"):
         h, m = report.figure("training", _training_plot(summary))
         facts = f"{summary['method']}, {summary['examples']} examples, {summary['epochs']} epochs, {summary['seconds']:.0f} s"
@@ -286,11 +286,11 @@ def _write_pages(report: Report, paths: RunPaths, title: str) -> Path:
         f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{style}</style>"
         f"</head><body><h1>{html.escape(title)}</h1><p>{html.escape(str(paths.root))}</p>{''.join(report.html)}</body></html>"
     )
-    out = paths.root / "report.html"
+    out = paths.report_html
     atomic_write_text(out, page)
-    files = paths.root / "report_files"
+    files = paths.report_files
     files.mkdir(exist_ok=True)
     for name, png in report.figures:
         (files / f"{name}.png").write_bytes(png)
-    atomic_write_text(paths.root / "report.md", f"# {title}\n\n" + "\n".join(report.markdown))
+    atomic_write_text(paths.report_md, f"# {title}\n\n" + "\n".join(report.markdown))
     return out

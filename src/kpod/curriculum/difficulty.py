@@ -79,7 +79,7 @@ def compute_difficulties(cfg: KPODConfig) -> dict:
     }
     if state.is_main_process:
         write_jsonl(paths.difficulties, out_rows)
-        write_json(paths.difficulties.parent / "summary.json", summary)
+        write_json(paths.difficulties_summary, summary)
     return summary
 
 

@@ -215,6 +215,6 @@ def build_schedule_file(cfg: KPODConfig) -> dict:
         },
     )
     text = format_table(schedule)
-    atomic_write_text(paths.schedule.with_name("table.txt"), text + "\n")
+    atomic_write_text(paths.schedule_table, text + "\n")
     print(text)
     return {"stages": schedule.epochs, "total_difficulty": schedule.total, "c0": schedule.c0}

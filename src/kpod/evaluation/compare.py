@@ -45,7 +45,7 @@ class Arm:
 
 def arm_name(run_dir: Path) -> str:
     """method + the ablation settings that differ from KPOD's defaults, from the run's config."""
-    snapshot = run_dir / "configs" / "train.yaml"
+    snapshot = RunPaths(run_dir).config_snapshot("train")
     if not snapshot.is_file():
         return "base"
     cfg = yaml.safe_load(snapshot.read_text())
@@ -81,7 +81,7 @@ def load_run(run_dir: str | Path, split: str, arm: str | None = None) -> Evaluat
         rows += [{**r, "id": f"{name}/{r['id']}" if len(splits) > 1 else r["id"]} for r in part]
     seed = None
     for stage in ("train", "evaluate"):
-        snapshot = run_dir / "configs" / f"{stage}.yaml"
+        snapshot = RunPaths(run_dir).config_snapshot(stage)
         if snapshot.is_file():
             seed = yaml.safe_load(snapshot.read_text()).get("seed")
             break

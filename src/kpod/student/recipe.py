@@ -139,7 +139,7 @@ def training_arguments(cfg: KPODConfig, paths: RunPaths) -> TrainingArguments:
     """kpod's own settings, then kpod's defaults, then train.trainer_args as given."""
     t = cfg.train
     if cfg.report_to == "tensorboard":  # transformers 5 reads the folder from the environment
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(paths.root / "logs" / "tensorboard")
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(paths.tensorboard)
     owned = {
         "output_dir": str(paths.checkpoints),
         "num_train_epochs": t.epochs,
@@ -199,7 +199,7 @@ def train_student(cfg: KPODConfig, splits: DatasetSplits | None = None, model_pa
         "truncated_targets": len(dataset.truncated_targets),
         "resumed": checkpoint is not None,
     }
-    write_json(paths.root / "train" / "summary.json", summary)
+    write_json(paths.train_summary, summary)
     return {k: v for k, v in summary.items() if k != "loss_history"}  # the full history stays in the file
 
 

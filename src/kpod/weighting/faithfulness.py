@@ -227,7 +227,7 @@ def format_faithfulness(result: dict) -> str:
 def _student_of(paths: RunPaths) -> str:
     import yaml
 
-    snapshot = paths.root / "configs" / "train_token_weighting.yaml"
+    snapshot = paths.config_snapshot("train_token_weighting")
     if not snapshot.is_file():
         raise DataError(f"{snapshot}: not found; pass --judge MODEL")
     return yaml.safe_load(snapshot.read_text())["student"]["model"]

@@ -213,5 +213,5 @@ def train_weighting(cfg: KPODConfig) -> dict:
         "mean_weight": mean_w,
         "history": history,
     }
-    write_json(paths.root / "weights" / "summary.json", summary)
+    write_json(paths.weights_summary, summary)
     return summary
