@@ -180,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("kpod export: give --out DIR (the student) and/or --weights FILE (the token weights)")
             result = {}
             if args.out:
-                result["student"] = export_student(args.run_dir, args.out, args.merge, args.push_to_hub)
+                result["student"] = export_student(
+                    args.run_dir, args.out, merge=args.merge, push_to_hub=args.push_to_hub
+                )
             if args.weights:
                 result["weights"] = export_weights(args.run_dir, args.weights)
             return result
@@ -189,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "compare":
         from kpod.evaluation.compare import compare
 
-        return _run(lambda: compare(args.runs, args.split, args.group, args.html, args.json) and None)
+        return _run(
+            lambda: compare(args.runs, args.split, groups=args.group, html_path=args.html, json_path=args.json) and None
+        )
     if args.stage == "faithfulness":
         from kpod.weighting.faithfulness import format_faithfulness, measure_faithfulness
 

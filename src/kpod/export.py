@@ -52,7 +52,7 @@ def export_student(run_dir: str | Path, out: str | Path, merge: bool = False, pu
         decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None),
     ).save_pretrained(staging)
     kind = "adapter" if adapter and not merge else ("merged" if adapter else "full")
-    atomic_write_text(staging / "README.md", model_card(paths, config, info, kind))
+    atomic_write_text(staging / "README.md", model_card(paths, config, info=info, kind=kind))
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     result = {"out": str(out), "weights": kind, "base_model": info["base_model"]}
@@ -174,7 +174,9 @@ def export_weights(run_dir: str | Path, out: str | Path) -> dict:
         w = weights[key]
         rationale = "".join(r["steps"])
         steps0 = (schedule.get(key) or [0])[0]
-        source, target, _, _ = split_texts(DistillExample(key, r["question"], r["gold"], r["steps"]), steps0)
+        source, target, _, _ = split_texts(
+            DistillExample(key, r["question"], answer=r["gold"], steps=r["steps"]), steps0
+        )
         rows.append(
             {
                 "key": key,

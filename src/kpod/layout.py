@@ -74,7 +74,14 @@ def encode_example(
         target_ids, offsets = target_ids[:max_target_tokens], offsets[:max_target_tokens]
     in_rationale = [b > a and a < body_len for a, b in offsets]
     offsets = [(a + shift, b + shift) if inside else (0, 0) for (a, b), inside in zip(offsets, in_rationale)]
-    return EncodedExample(src, target_ids, offsets, in_rationale, input_truncated, target_truncated)
+    return EncodedExample(
+        src,
+        target_ids,
+        target_offsets=offsets,
+        in_rationale=in_rationale,
+        input_truncated=input_truncated,
+        target_truncated=target_truncated,
+    )
 
 
 class DistillCollator:

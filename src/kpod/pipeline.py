@@ -102,7 +102,7 @@ def generate(cfg: KPODConfig, split: str = "train") -> dict:
                 records = reference_rationales(questions)
                 summary = {"teacher": "reference"}
             elif t.kind == "file":
-                records, unmatched = import_rationales(t.import_path, questions, t.import_format, split)
+                records, unmatched = import_rationales(t.import_path, questions, fmt=t.import_format, split=split)
                 summary = {"teacher": f"file:{t.import_path}", "unmatched_entries": unmatched}
             else:
                 from kpod.teacher.openai_teacher import run_openai_teacher
@@ -184,7 +184,11 @@ def evaluate(cfg: KPODConfig, model_path: str | None = None, split: str | None =
         )
         model, tokenizer = load_student(source, cfg.student.dtype)
         metrics, predictions = evaluate_questions(
-            model, tokenizer, questions, cfg.eval.max_new_tokens, cfg.eval.batch_size
+            model,
+            tokenizer,
+            questions=questions,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            batch_size=cfg.eval.batch_size,
         )
         metrics.update({"model": source, "split": split, "dataset": cfg.dataset})
         write_eval(folder, metrics, predictions)
@@ -357,7 +361,9 @@ def recorded_stage(cfg: KPODConfig, stage: str, arguments: dict | None = None):
     inputs = _current_inputs(cfg, stage, arguments)
     main_process = int(os.environ.get("RANK", "0")) == 0
     if stage == "train":
-        _discard_foreign_checkpoints(cfg, paths, manifest, inputs, arguments, main_process)
+        _discard_foreign_checkpoints(
+            cfg, paths, manifest=manifest, inputs=inputs, arguments=arguments, main_process=main_process
+        )
     if main_process and manifest.pop(stage, None) is not None:
         write_json(paths.manifest, manifest)
     with record_reads() as reads:
@@ -390,7 +396,11 @@ def full_pipeline(cfg: KPODConfig, model_path: str | None = None, force: bool = 
         arguments = (
             {"model_path": model_path} if stage == "train" else ({"model_path": None} if stage == "evaluate" else {})
         )
-        reason = "--force" if force else why_stale(cfg, record_name, read_manifest(cfg.run_dir), arguments)
+        reason = (
+            "--force"
+            if force
+            else why_stale(cfg, record_name, manifest=read_manifest(cfg.run_dir), arguments=arguments)
+        )
         if reason is None:
             log.info("stage %s is up to date, skipped", stage)
             results[stage] = "skipped"

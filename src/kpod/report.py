@@ -142,7 +142,7 @@ def write_report(run_dir: str | Path) -> Path:
     )
     split = (config.get("eval") or {}).get("split", "test")
     report = Report()
-    _accuracy_section(report, paths, config, split)
+    _accuracy_section(report, paths, config=config, split=split)
     _data_section(report, paths)
     _weights_sections(report, paths)
     _schedule_section(report, paths)

@@ -50,4 +50,4 @@ def map_weights(
 ) -> list[float | None]:
     """Weights for tokens whose offsets are relative to a text that starts `shift` characters into
     the rationale (tokens outside the rationale get None)."""
-    return [span_weight(chars, a + shift, b + shift, how) if b > a else None for a, b in offsets]
+    return [span_weight(chars, a + shift, end=b + shift, how=how) if b > a else None for a, b in offsets]

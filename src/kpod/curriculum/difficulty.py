@@ -59,7 +59,9 @@ def compute_difficulties(cfg: KPODConfig) -> dict:
     rows = read_rationales(paths.rationales("train"), include_incorrect=True)
     weights = read_weights(paths.weights) if cfg.difficulty.use_weights else {}
     examples = [
-        DistillExample(rationale_key(r), r["question"], r["gold"], r["steps"], weights.get(rationale_key(r)))
+        DistillExample(
+            rationale_key(r), r["question"], answer=r["gold"], steps=r["steps"], weights=weights.get(rationale_key(r))
+        )
         for r in rows
     ]
     model, tokenizer = load_student(cfg.student.model, cfg.student.dtype)
@@ -67,7 +69,11 @@ def compute_difficulties(cfg: KPODConfig) -> dict:
     model.to(state.device)
     seq2seq = is_seq2seq(model)
     scored = map_across_processes(
-        state, lambda mine: score_examples(model, tokenizer, mine, cfg, seq2seq, state.is_local_main_process), examples
+        state,
+        lambda mine: score_examples(
+            model, tokenizer, examples=mine, cfg=cfg, seq2seq=seq2seq, progress=state.is_local_main_process
+        ),
+        examples,
     )
     out_rows = [{"key": e.key, "difficulties": d} for e, d in zip(examples, scored)]
     summary = {
@@ -90,11 +96,16 @@ def score_examples(
     batch_size = cfg.difficulty.batch_size
     for start in tqdm(range(0, len(examples), batch_size), desc="step difficulty", disable=not progress, leave=False):
         chunk = examples[start : start + batch_size]
-        for example, (enc, nll) in zip(chunk, _batch_nll(model, tokenizer, chunk, cfg, seq2seq)):
+        for example, (enc, nll) in zip(chunk, _batch_nll(model, tokenizer, examples=chunk, cfg=cfg, seq2seq=seq2seq)):
             chars = example.weights.char_array(len(example.rationale)) if example.weights else None
             scored.append(
                 step_difficulties(
-                    nll, enc.target_offsets, enc.in_rationale, example.steps, chars, cfg.weighting.overlap
+                    nll,
+                    enc.target_offsets,
+                    in_rationale=enc.in_rationale,
+                    steps=example.steps,
+                    chars=chars,
+                    how=cfg.weighting.overlap,
                 )
             )
     return scored
@@ -103,7 +114,14 @@ def score_examples(
 @torch.no_grad()
 def _batch_nll(model, tokenizer, examples: list[DistillExample], cfg: KPODConfig, seq2seq: bool):
     encoded = [
-        encode_example(e, 0, tokenizer, seq2seq, cfg.student.max_input_tokens, cfg.student.max_target_tokens)
+        encode_example(
+            e,
+            0,
+            tokenizer=tokenizer,
+            seq2seq=seq2seq,
+            max_input_tokens=cfg.student.max_input_tokens,
+            max_target_tokens=cfg.student.max_target_tokens,
+        )
         for e in examples
     ]
     batch = DistillCollator(tokenizer.pad_token_id, seq2seq)(

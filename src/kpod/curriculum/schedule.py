@@ -122,12 +122,12 @@ def build_schedule(
     def round_(budget: float) -> list[int]:
         candidates = [i for i in range(len(current)) if current[i] > 0]
         costs = [max(0.0, difficulties[i][current[i] - 1]) for i in candidates]
-        picked = select(costs, [groups[i] for i in candidates], budget, beta)
+        picked = select(costs, [groups[i] for i in candidates], budget=budget, beta=beta)
         return [candidates[j] for j in picked]
 
     for t in range(epochs):
         full = t >= peak or epochs < 2  # with one epoch there is nothing to progress over
-        target = total if full else budget_curve(t, total, c0, peak, p) if t > 0 else c0
+        target = total if full else budget_curve(t, total, c0=c0, peak=peak, p=p) if t > 0 else c0
         selected: list[int] = []
         if full:
             moved = [i for i in range(len(current)) if current[i] > 0]
@@ -158,7 +158,7 @@ def build_schedule(
             }
         )
     input_steps = [[history[t][i] for t in range(epochs)] for i in range(len(current))]
-    return Schedule(epochs, peak, total, c0, input_steps, table)
+    return Schedule(epochs, peak, total=total, c0=c0, input_steps=input_steps, table=table)
 
 
 def format_table(schedule: Schedule) -> str:
@@ -195,11 +195,11 @@ def build_schedule_file(cfg: KPODConfig) -> dict:
     schedule = build_schedule(
         [difficulties[k] for k in keys],
         [clusters.get(r["id"], 0) for r in rows],
-        stages,
-        s.p,
-        s.c0_ratio,
-        s.beta,
-        s.peak_fraction,
+        epochs=stages,
+        p=s.p,
+        c0_ratio=s.c0_ratio,
+        beta=s.beta,
+        peak_fraction=s.peak_fraction,
     )
     write_json(
         paths.schedule,

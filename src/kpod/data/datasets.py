@@ -121,7 +121,14 @@ def _gsm8k_file(path: Path, prefix: str) -> list[Question]:
             raise DataError(f"{path}:{i + 1}: answer has no '#### <number>' line")
         gold = normalize_gold(row["answer"].split("####")[-1], "math")
         out.append(
-            Question(f"{prefix}-{i}", row["question"].strip(), gold, "math", None, clean_gsm8k_solution(row["answer"]))
+            Question(
+                f"{prefix}-{i}",
+                row["question"].strip(),
+                answer=gold,
+                task="math",
+                choices=None,
+                solution=clean_gsm8k_solution(row["answer"]),
+            )
         )
     return out
 
@@ -132,7 +139,7 @@ def _svamp_file(path: Path) -> list[Question]:
     for i, row in enumerate(rows):
         _require(row, ("ID", "Body", "Question", "Answer"), f"{path}: item {i}")
         text = f"{row['Body'].strip()} {row['Question'].strip()}"
-        out.append(Question(f"svamp-{row['ID']}", text, normalize_gold(row["Answer"], "math"), "math"))
+        out.append(Question(f"svamp-{row['ID']}", text, answer=normalize_gold(row["Answer"], "math"), task="math"))
     return out
 
 
@@ -154,10 +161,10 @@ def _asdiv_file(path: Path) -> list[Question]:
             Question(
                 f"asdiv-{problem.get('ID')}",
                 text.strip(),
-                normalize_gold(numeric.group(), "math"),
-                "math",
-                None,
-                (problem.findtext("Formula") or None),
+                answer=normalize_gold(numeric.group(), "math"),
+                task="math",
+                choices=None,
+                solution=problem.findtext("Formula") or None,
             )
         )
     return out
@@ -171,7 +178,7 @@ def _csqa_file(path: Path, with_answers: bool = True) -> list[Question]:
         choices = [c["text"] for c in sorted(q["choices"], key=lambda c: c["label"])]
         text = csqa_question_text(q["stem"], choices)
         answer = row.get("answerKey", "") if with_answers else ""
-        out.append(Question(f"csqa-{row['id']}", text, answer, "choice", choices))
+        out.append(Question(f"csqa-{row['id']}", text, answer=answer, task="choice", choices=choices))
     return out
 
 
@@ -188,15 +195,18 @@ def _official(name: str, root: Path) -> DatasetSplits:
         return DatasetSplits(
             name,
             _gsm8k_file(root / "gsm8k/train.jsonl", "gsm8k-train"),
-            [],
-            _gsm8k_file(root / "gsm8k/test.jsonl", "gsm8k-test"),
+            dev=[],
+            test=_gsm8k_file(root / "gsm8k/test.jsonl", "gsm8k-test"),
         )
     if name == "svamp":
-        return DatasetSplits(name, [], [], _svamp_file(root / "svamp/SVAMP.json"))
+        return DatasetSplits(name, [], dev=[], test=_svamp_file(root / "svamp/SVAMP.json"))
     if name == "asdiv":
-        return DatasetSplits(name, [], [], _asdiv_file(root / "asdiv/ASDiv.xml"))
+        return DatasetSplits(name, [], dev=[], test=_asdiv_file(root / "asdiv/ASDiv.xml"))
     return DatasetSplits(
-        name, _csqa_file(root / "csqa/train_rand_split.jsonl"), [], _csqa_file(root / "csqa/dev_rand_split.jsonl")
+        name,
+        _csqa_file(root / "csqa/train_rand_split.jsonl"),
+        dev=[],
+        test=_csqa_file(root / "csqa/dev_rand_split.jsonl"),
     )
 
 
@@ -236,7 +246,7 @@ def _mcc_kd(name: str, root: Path) -> DatasetSplits:
         train = _match_split(folder / "train.json", pool, name)
     else:
         train = [q for q in everything if q.id not in held_out]
-    return DatasetSplits(name, train, dev, test)
+    return DatasetSplits(name, train, dev=dev, test=test)
 
 
 def load_dataset_splits(
@@ -282,10 +292,10 @@ def _from_hub(name: str) -> DatasetSplits:
                     Question(
                         f"gsm8k-{split}-{i}",
                         row["question"],
-                        normalize_gold(row["answer"].split("####")[-1], "math"),
-                        "math",
-                        None,
-                        clean_gsm8k_solution(row["answer"]),
+                        answer=normalize_gold(row["answer"].split("####")[-1], "math"),
+                        task="math",
+                        choices=None,
+                        solution=clean_gsm8k_solution(row["answer"]),
                     )
                 )
             elif name == "svamp":
@@ -293,8 +303,8 @@ def _from_hub(name: str) -> DatasetSplits:
                     Question(
                         f"svamp-{row['ID']}",
                         f"{row['Body'].strip()} {row['Question'].strip()}",
-                        normalize_gold(row["Answer"], "math"),
-                        "math",
+                        answer=normalize_gold(row["Answer"], "math"),
+                        task="math",
                     )
                 )
             elif name == "asdiv":
@@ -302,8 +312,8 @@ def _from_hub(name: str) -> DatasetSplits:
                     Question(
                         f"asdiv-{i}",
                         f"{row['body']} {row['question']}",
-                        normalize_gold(row["answer"].split("(")[0], "math"),
-                        "math",
+                        answer=normalize_gold(row["answer"].split("(")[0], "math"),
+                        task="math",
                     )
                 )
             else:
@@ -312,15 +322,15 @@ def _from_hub(name: str) -> DatasetSplits:
                     Question(
                         f"csqa-{row['id']}",
                         csqa_question_text(row["question"], choices),
-                        row["answerKey"],
-                        "choice",
-                        choices,
+                        answer=row["answerKey"],
+                        task="choice",
+                        choices=choices,
                     )
                 )
         return out
 
     if name == "commonsenseqa":
-        return DatasetSplits(name, convert("train"), [], convert("validation"))
+        return DatasetSplits(name, convert("train"), dev=[], test=convert("validation"))
     if name == "asdiv":
-        return DatasetSplits(name, [], [], convert("validation"))
-    return DatasetSplits(name, convert("train"), [], convert("test"))
+        return DatasetSplits(name, [], dev=[], test=convert("validation"))
+    return DatasetSplits(name, convert("train"), dev=[], test=convert("test"))

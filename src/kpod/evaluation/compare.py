@@ -88,9 +88,9 @@ def load_run(run_dir: str | Path, split: str, arm: str | None = None) -> Evaluat
     return EvaluatedRun(
         run_dir,
         arm or arm_name(run_dir),
-        seed,
-        {str(r["id"]): bool(r["correct"]) for r in rows},
-        sum(bool(r.get("answer_sentence")) for r in rows) / len(rows),
+        seed=seed,
+        correct={str(r["id"]): bool(r["correct"]) for r in rows},
+        answer_sentence_rate=sum(bool(r.get("answer_sentence")) for r in rows) / len(rows),
     )
 
 

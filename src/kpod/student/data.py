@@ -66,13 +66,20 @@ class DistillDataset(Dataset):
 
     def _encode(self, index: int, c: int) -> dict:
         example = self.examples[index]
-        enc = encode_example(example, c, self.tokenizer, self.seq2seq, self.max_input_tokens, self.max_target_tokens)
+        enc = encode_example(
+            example,
+            c,
+            tokenizer=self.tokenizer,
+            seq2seq=self.seq2seq,
+            max_input_tokens=self.max_input_tokens,
+            max_target_tokens=self.max_target_tokens,
+        )
         if enc.input_truncated:
             self.truncated_inputs.add((example.key, c))
         if enc.target_truncated:
             self.truncated_targets.add((example.key, c))
         weights = self._target_weights(index, enc.target_offsets, enc.in_rationale)
-        return source_target_item(enc.source_ids, enc.target_ids, self.seq2seq, weights)
+        return source_target_item(enc.source_ids, enc.target_ids, seq2seq=self.seq2seq, target_weights=weights)
 
     def _target_weights(self, index: int, offsets: list[tuple[int, int]], in_rationale: list[bool]) -> list[float]:
         chars = self._chars[index]

@@ -62,7 +62,14 @@ def build_examples(cfg: KPODConfig, paths: RunPaths, splits: DatasetSplits | Non
         if schedule and key not in schedule:
             raise DataError(f"{paths.schedule}: no schedule for rationale {key}; rerun `kpod cluster`")
         examples.append(
-            DistillExample(key, row["question"], row["gold"], row["steps"], weights.get(key), schedule.get(key))
+            DistillExample(
+                key,
+                row["question"],
+                answer=row["gold"],
+                steps=row["steps"],
+                weights=weights.get(key),
+                input_steps=schedule.get(key),
+            )
         )
     return examples
 
@@ -165,7 +172,7 @@ def train_student(cfg: KPODConfig, splits: DatasetSplits | None = None, model_pa
     paths = RunPaths(cfg.run_dir)
     examples = build_examples(cfg, paths, splits)
     base_name = model_path or cfg.student.model
-    trainer, dataset, dev = build_trainer(cfg, paths, examples, splits, base_name)
+    trainer, dataset, dev = build_trainer(cfg, paths, examples=examples, splits=splits, base_name=base_name)
     checkpoint = latest_complete_checkpoint(paths.checkpoints) if cfg.train.resume else None
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)
@@ -180,7 +187,7 @@ def train_student(cfg: KPODConfig, splits: DatasetSplits | None = None, model_pa
     if not math.isfinite(result.training_loss):  # before anything is written
         raise RuntimeError(f"training ended with a non-finite loss ({result.training_loss}); lower train.learning_rate")
     if (dev is None or dev.best is None) and trainer.is_world_process_zero():  # one process writes the student
-        save_trained_student(trainer.model, trainer.processing_class, paths.student, base_name)
+        save_trained_student(trainer.model, trainer.processing_class, folder=paths.student, base_model=base_name)
     trainer.accelerator.wait_for_everyone()
     report = dataset.truncation_report()
     if report:

@@ -71,7 +71,7 @@ class DistillTrainer(Trainer):
             # shift the labels, not the logits: slicing logits would copy a (batch x length x vocab) tensor
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)
             logits, target_weights = outputs.logits, F.pad(weights[:, 1:], (0, 1), value=0.0)
-        loss = weighted_token_loss(logits, targets, target_weights, num_items_in_batch)
+        loss = weighted_token_loss(logits, targets, weights=target_weights, num_items_in_batch=num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         return (loss, outputs) if return_outputs else loss
@@ -127,7 +127,12 @@ class DevAccuracyCallback(TrainerCallback):
         if not self.every or epoch % self.every:
             return
         metrics, _ = evaluate_questions(
-            model, self.tokenizer, self.questions, self.max_new_tokens, self.batch_size, progress=False
+            model,
+            self.tokenizer,
+            questions=self.questions,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            progress=False,
         )
         accuracy = metrics["accuracy"]
         self.history.append({"epoch": epoch, "dev_accuracy": accuracy, "step": state.global_step})
@@ -136,4 +141,4 @@ class DevAccuracyCallback(TrainerCallback):
         if self.best is None or accuracy > self.best:
             self.best = accuracy
             if state.is_world_process_zero:
-                save_trained_student(model, self.tokenizer, self.best_dir, self.base_model)
+                save_trained_student(model, self.tokenizer, folder=self.best_dir, base_model=self.base_model)

@@ -102,7 +102,7 @@ def import_rationales(
         if (question.id, sample) in seen:
             continue
         seen.add((question.id, sample))
-        records.append(rationale_record(question, text, teacher or f"file:{path.name}", sample))
+        records.append(rationale_record(question, text, teacher=teacher or f"file:{path.name}", sample=sample))
     if not records:
         raise DataError(f"{path}: none of its {len(entries)} rationales match a question of this split")
     return records, unmatched

@@ -265,7 +265,12 @@ async def _run(cfg: KPODConfig, questions: list[Question], cache: ResponseCache,
         messages = build_messages(q, template, system)
         for sample in range(cfg.teacher.samples_per_question):
             key = request_key(
-                teacher.base_url, cfg.teacher.model, messages, cfg.teacher.temperature, cfg.teacher.max_tokens, sample
+                teacher.base_url,
+                cfg.teacher.model,
+                messages=messages,
+                temperature=cfg.teacher.temperature,
+                max_tokens=cfg.teacher.max_tokens,
+                sample=sample,
             )
             jobs.append((q, sample, key, messages))
     bar = tqdm(total=len(jobs), desc=f"teacher {cfg.teacher.model}", disable=not progress)
@@ -335,7 +340,12 @@ def run_openai_teacher(
         cache.close()
     records = [
         rationale_record(
-            q, results[i]["text"], f"openai:{cfg.teacher.model}", sample, results[i]["usage"], results[i]["latency_s"]
+            q,
+            results[i]["text"],
+            teacher=f"openai:{cfg.teacher.model}",
+            sample=sample,
+            usage=results[i]["usage"],
+            latency_s=results[i]["latency_s"],
         )
         for i, (q, sample, _, _) in enumerate(jobs)
         if i in results

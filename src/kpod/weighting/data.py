@@ -77,7 +77,7 @@ class PrefixCollator:
             ids, offs = self.rationale_tokens(item.rationale)
             rationale_ids.append(ids)
             offsets.append(offs)
-            for k in prefix_lengths([b for _, b in offs], item.steps, self.prefixes, self.rng):
+            for k in prefix_lengths([b for _, b in offs], item.steps, mode=self.prefixes, rng=self.rng):
                 owners.append(r)
                 lengths.append(k)
         questions = [

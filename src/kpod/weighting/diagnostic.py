@@ -60,7 +60,13 @@ def synthetic_items(n: int, seed: int = 0) -> list[WeightingItem]:
         words[where:where] = [str(a), op, str(b)]
         text = " ".join(words) + "."
         items.append(
-            WeightingItem(f"synthetic-{i}", text, [text], "Compute the hidden result.", str(a if op == "+" else b))
+            WeightingItem(
+                f"synthetic-{i}",
+                text,
+                steps=[text],
+                question="Compute the hidden result.",
+                answer=str(a if op == "+" else b),
+            )
         )
     return items
 
@@ -118,7 +124,15 @@ def run_keypoint_diagnostic(
             alpha=alpha,
             **module_options,
         )
-        collator = PrefixCollator(tokenizer, tokenizer, False, "steps", 64, 16, seed)
+        collator = PrefixCollator(
+            tokenizer,
+            tokenizer,
+            reasoner_seq2seq=False,
+            prefixes="steps",
+            max_rationale_tokens=64,
+            max_question_tokens=16,
+            seed=seed,
+        )
         items = synthetic_items(n, seed)
         # the reasoner is random, so it first learns the task on (almost) unmasked rationales
         history = fit_keypoint_model(
@@ -185,9 +199,9 @@ def main() -> None:
     result = run_keypoint_diagnostic(
         args.tokenizer,
         args.n,
-        args.epochs,
-        args.alpha,
-        args.seed,
+        epochs=args.epochs,
+        alpha=args.alpha,
+        seed=args.seed,
         warmup_epochs=args.warmup_epochs,
         learning_rate=args.lr,
         freeze_reasoner=not args.joint,

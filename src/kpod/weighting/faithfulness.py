@@ -157,7 +157,9 @@ def measure_faithfulness(
         r = rationales[row["key"]]
         # the stored tokens may stop short of the text (truncated): only those are candidates
         text = r["rationale"]
-        texts = deletion_texts(text, row["tokens"], row["offsets"], row["weights"], fraction, draws, rng)
+        texts = deletion_texts(
+            text, row["tokens"], offsets=row["offsets"], weights=row["weights"], fraction=fraction, draws=draws, rng=rng
+        )
         flat = [text] + [t for v in VARIANTS for t in texts[v]]
         nll = _cached_nll(scorer, [(r["question"], t, r["gold"]) for t in flat], judge_cache)
         base, rest = nll[0], nll[1:]

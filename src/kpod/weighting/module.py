@@ -231,7 +231,7 @@ class KeypointModel(nn.Module):
                 "w": w,
                 "m": m,
             }
-        return self._score_function_step(batch, view, w, valid, reduce_mask)
+        return self._score_function_step(batch, view, w=w, valid=valid, reduce_mask=reduce_mask)
 
     def _score_function_step(
         self, batch: dict, view: torch.Tensor, w: torch.Tensor, valid: torch.Tensor, reduce_mask
@@ -297,7 +297,9 @@ class KeypointModel(nn.Module):
             mm = m.unsqueeze(-1)
             rationale = mm * view[owner] + (1 - mm) * self.mask_vector
             rationale_mask = in_prefix.expand(k, -1, -1)
-        nll = self._answer_nll(batch, owner.repeat(k), rationale.flatten(0, 1), rationale_mask.flatten(0, 1))
+        nll = self._answer_nll(
+            batch, owner.repeat(k), rationale=rationale.flatten(0, 1), rationale_mask=rationale_mask.flatten(0, 1)
+        )
         return nll.view(k, -1)
 
     def _answer_nll(

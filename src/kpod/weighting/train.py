@@ -43,7 +43,9 @@ def build_keypoint_model(cfg: KPODConfig, student_name: str | None = None):
         )
     if w.gradient_checkpointing and not (w.freeze_reasoner and w.reasoner_warmup_epochs == 0):
         reasoner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    weighter = TokenWeighter(embeddings, w.attention_heads, w.mlp_hidden, w.positions, w.keep_rate)
+    weighter = TokenWeighter(
+        embeddings, w.attention_heads, mlp_hidden=w.mlp_hidden, positions=w.positions, keep_rate=w.keep_rate
+    )
     model = KeypointModel(
         weighter,
         reasoner,
@@ -168,18 +170,21 @@ def train_weighting(cfg: KPODConfig) -> dict:
     train_rows = [r for r in usable if str(r["id"]) not in held_out]
 
     def to_items(rows):
-        return [WeightingItem(rationale_key(r), r["rationale"], r["steps"], r["question"], r["gold"]) for r in rows]
+        return [
+            WeightingItem(rationale_key(r), r["rationale"], steps=r["steps"], question=r["question"], answer=r["gold"])
+            for r in rows
+        ]
 
     torch.manual_seed(cfg.seed)
     model, student_tok, reasoner_tok = build_keypoint_model(cfg)
     collator = PrefixCollator(
         student_tok,
         reasoner_tok,
-        is_seq2seq(model.reasoner),
-        w.prefixes,
-        w.max_rationale_tokens,
-        w.max_question_tokens,
-        cfg.seed,
+        reasoner_seq2seq=is_seq2seq(model.reasoner),
+        prefixes=w.prefixes,
+        max_rationale_tokens=w.max_rationale_tokens,
+        max_question_tokens=w.max_question_tokens,
+        seed=cfg.seed,
     )
     start = time.time()
     history = fit_keypoint_model(
