@@ -133,6 +133,27 @@ def measure_faithfulness(
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be between 0 and 1, not {fraction}")
     paths = RunPaths(run_dir)
+    weights = heldout_weights(paths, limit)
+    judge_name = judge or _student_of(paths)
+    scorer = Judge(judge_name, batch_size)
+    rng = random.Random(seed)
+    rationales = {rationale_key(r): r for r in read_rationales(paths.rationales("train"), include_incorrect=True)}
+    per_rationale = [
+        _deletion_damages(
+            scorer, rationales[row["key"]], row, fraction=fraction, draws=draws, rng=rng, cache=judge_cache
+        )
+        for row in tqdm(weights, desc="faithfulness", disable=not progress)
+    ]
+    result = summarize_damages(per_rationale)
+    result.update({"judge": judge_name, "fraction": fraction, "random_draws": draws})
+    result["auc_digits_operators"] = weight_auc(weights)
+    result["per_rationale"] = per_rationale
+    write_json(paths.faithfulness, result)
+    return result
+
+
+def heldout_weights(paths: RunPaths, limit: int | None = None) -> list[dict]:
+    """The stored token weights of the rationales the weighting module did not train on."""
     heldout = set(
         read_json(
             paths.weights_heldout,
@@ -145,40 +166,35 @@ def measure_faithfulness(
             f"{paths.weights_heldout}: no rationale was held out (weighting.holdout is 0); re-run "
             "`kpod train_token_weighting` with weighting.holdout > 0"
         )
-    rationales = {rationale_key(r): r for r in read_rationales(paths.rationales("train"), include_incorrect=True)}
     weights = [row for row in read_jsonl(paths.weights) if row["key"] in heldout and row["tokens"]]
-    weights = weights[:limit] if limit else weights
-    judge_name = judge or _student_of(paths)
-    scorer = Judge(judge_name, batch_size)
-    rng = random.Random(seed)
-    damages = {v: [] for v in VARIANTS}
-    per_rationale = []
-    for row in tqdm(weights, desc="faithfulness", disable=not progress):
-        r = rationales[row["key"]]
-        # the stored tokens may stop short of the text (truncated): only those are candidates
-        text = r["rationale"]
-        texts = deletion_texts(
-            text, row["tokens"], offsets=row["offsets"], weights=row["weights"], fraction=fraction, draws=draws, rng=rng
-        )
-        flat = [text] + [t for v in VARIANTS for t in texts[v]]
-        nll = _cached_nll(scorer, [(r["question"], t, r["gold"]) for t in flat], judge_cache)
-        base, rest = nll[0], nll[1:]
-        record = {"key": row["key"], "nll_intact": base}
-        for v in VARIANTS:
-            values, rest = rest[: len(texts[v])], rest[len(texts[v]) :]
-            damage = statistics.mean(values) - base
-            damages[v].append(damage)
-            record[f"damage_{v}"] = damage
-        per_rationale.append(record)
+    return weights[:limit] if limit else weights
+
+
+def _deletion_damages(judge: Judge, rationale: dict, row: dict, *, fraction, draws, rng, cache) -> dict:
+    """One rationale: the judge's NLL of the gold answer intact, and its rise under each deletion."""
+    text = rationale["rationale"]  # the stored tokens may stop short of it (truncated): only those are candidates
+    texts = deletion_texts(
+        text, row["tokens"], offsets=row["offsets"], weights=row["weights"], fraction=fraction, draws=draws, rng=rng
+    )
+    flat = [text] + [t for v in VARIANTS for t in texts[v]]
+    nll = _cached_nll(judge, [(rationale["question"], t, rationale["gold"]) for t in flat], cache)
+    base, rest = nll[0], nll[1:]
+    record = {"key": row["key"], "nll_intact": base}
+    for v in VARIANTS:
+        values, rest = rest[: len(texts[v])], rest[len(texts[v]) :]
+        record[f"damage_{v}"] = statistics.mean(values) - base
+    return record
+
+
+def summarize_damages(per_rationale: list[dict]) -> dict:
+    """Mean damage per deletion, its standard error, and the ratios the report shows."""
+    damages = {v: [r[f"damage_{v}"] for r in per_rationale] for v in VARIANTS}
     mean = {v: statistics.mean(d) for v, d in damages.items()}
 
     def ratio(a, b):
         return a / b if b > 0 else None
 
-    result = {
-        "judge": judge_name,
-        "fraction": fraction,
-        "random_draws": draws,
+    return {
         "rationales": len(per_rationale),
         "mean_damage": mean,
         "sem_damage": {v: statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else None for v, d in damages.items()},
@@ -186,11 +202,7 @@ def measure_faithfulness(
         "top_vs_heuristic": ratio(mean["top"], mean["heuristic"]),
         "heuristic_vs_random": ratio(mean["heuristic"], mean["random"]),
         "bottom_vs_random": ratio(mean["bottom"], mean["random"]),
-        "auc_digits_operators": weight_auc(weights),
-        "per_rationale": per_rationale,
     }
-    write_json(paths.faithfulness, result)
-    return result
 
 
 def _cached_nll(judge: Judge, rows: list[tuple[str, str, str]], cache: dict | None) -> list[float]:
