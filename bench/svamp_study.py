@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--stages", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument(
+        "--evaluations", default="test,dev,test-asdiv", help="which of test, dev (SVAMP), test-asdiv to run now"
+    )
     parser.add_argument("--out", default="bench/out/svamp_study")
     parser.add_argument("--csv-dir", default="bench/results/svamp_study")
     args = parser.parse_args()
@@ -112,11 +115,14 @@ def main() -> None:
         start = time.time()
         if arm in ("kpod-uniform", "kpod-no-schedule"):
             reuse_upstream(out / f"kpod-s{seed}", run_dir)
-        if arm != "base":
+        trained = (run_dir / "train" / "summary.json").is_file() and (run_dir / "student").is_dir()
+        if arm != "base" and not trained:  # a trained run is not retrained (even by a later kpod version)
             pipeline.full_pipeline(cfg)
         evaluations = [(cfg, "test", None), (cfg, "dev", None), (asdiv, "test", "asdiv")]
         for run_cfg, split, tag in evaluations:
             eval_name = split if tag is None else f"{split}-{tag}"
+            if eval_name not in args.evaluations.split(","):
+                continue
             if not evaluated_after_training(run_dir, eval_name):
                 pipeline.evaluate(run_cfg, model_path=model_path, split=split, tag=tag)
             write_correctness(run_dir, eval_name, csv_dir / name / f"{eval_name}.csv")
@@ -134,12 +140,9 @@ def main() -> None:
         accuracies = {
             e: json.loads((RunPaths(run_dir).eval_dir(e) / "metrics.json").read_text())["accuracy"]
             for e in ("test", "dev", "test-asdiv")
+            if (RunPaths(run_dir).eval_dir(e) / "metrics.json").is_file()
         }
-        print(
-            f"{name}: SVAMP test {accuracies['test']:.2f}%, dev {accuracies['dev']:.2f}%, "
-            f"ASDiv test {accuracies['test-asdiv']:.2f}% ({took:.0f} s)",
-            flush=True,
-        )
+        print(f"{name}: {accuracies} ({took:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
