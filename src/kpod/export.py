@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from kpod.artifacts import RunPaths, atomic_write_text, read_json, read_rationales, read_weights
+from kpod.artifacts import RunPaths, atomic_write_text, rationale_key, read_json, read_rationales, read_weights
 from kpod.data.datasets import DataError
 from kpod.layout import DistillExample, split_texts
 from kpod.models import STUDENT_INFO, load_tokenizer, load_trained_student
@@ -168,7 +168,7 @@ def export_weights(run_dir: str | Path, out: str | Path) -> dict:
         schedule = read_json(paths.schedule, "delete it and rerun `kpod cluster`", ("input_steps",))["input_steps"]
     rows = []
     for r in read_rationales(paths.rationales("train"), include_incorrect=True):
-        key = f"{r['id']}#{r.get('sample', 0)}"
+        key = rationale_key(r)
         if key not in weights:
             continue
         w = weights[key]
