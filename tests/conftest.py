@@ -32,3 +32,32 @@ def tiny_llama(tmp_path_factory, data_dir) -> Path:
     return build_tiny_model(
         "llama", data_dir / "tokenizers" / "llama", tmp_path_factory.mktemp("models") / "tiny-llama"
     )
+
+
+TINY_RUN_SETTINGS = [
+    "dataset=gsm8k",
+    "teacher.kind=reference",
+    "data.max_train_questions=6",
+    "data.max_eval_questions=2",
+    "train.epochs=2",
+    "weighting.epochs=1",
+    "weighting.reasoner_lora=true",
+    "eval.max_new_tokens=4",
+    "train.eval_every=0",
+    "student.lora_r=4",
+    "student.max_target_tokens=256",
+    "train.trainer_args.logging_steps=1",
+]
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(tmp_path_factory, tiny_llama) -> tuple[Path, list[str]]:
+    """A KPOD run of every stage with a tiny LLaMA on 6 GSM8K questions: (run folder, its overrides).
+    Read it; copy it before writing into it."""
+    from kpod import pipeline
+    from kpod.config import load_config
+
+    run = tmp_path_factory.mktemp("finished") / "run"
+    overrides = TINY_RUN_SETTINGS + [f"student.model={tiny_llama}", f"output_dir={run}"]
+    pipeline.full_pipeline(load_config(overrides=overrides))
+    return run, overrides

@@ -1,4 +1,5 @@
-"""An OpenAI-compatible chat server on 127.0.0.1 that misbehaves on purpose, for teacher tests."""
+"""An OpenAI-compatible server on 127.0.0.1 (chat and text completions) that misbehaves on purpose, for
+teacher and server-evaluation tests."""
 
 from __future__ import annotations
 
@@ -12,16 +13,24 @@ FAULTS = ("ok", "429", "500", "slow", "malformed", "drop")
 
 
 class FakeOpenAI:
-    """fault(prompt, attempt) -> one of FAULTS decides each response; `answer(prompt)` the text."""
+    """fault(prompt, attempt) -> one of FAULTS decides each response; `answer(prompt)` the text of a chat
+    answer, `complete(prompt, max_tokens)` that of a text completion (cut at the request's stop strings)."""
 
     def __init__(
-        self, fault=None, latency: float = 0.0, slow_seconds: float = 3.0, answer=None, status_on_all: int | None = None
+        self,
+        fault=None,
+        latency: float = 0.0,
+        slow_seconds: float = 3.0,
+        answer=None,
+        complete=None,
+        status_on_all: int | None = None,
     ):
         self.fault = fault or (lambda prompt, attempt: "ok")
         self.latency, self.slow_seconds = latency, slow_seconds
         self.answer = answer or (
             lambda prompt: "First we add the numbers.\nThen we check.\nTherefore, the answer is 42."
         )
+        self.complete = complete or (lambda prompt, max_tokens: self.answer(prompt))
         self.status_on_all = status_on_all
         self.attempts: Counter = Counter()
         self.successes: Counter = Counter()
@@ -38,7 +47,8 @@ class FakeOpenAI:
             def do_POST(self):
                 length = int(self.headers.get("content-length", 0))
                 body = json.loads(self.rfile.read(length))
-                prompt = body["messages"][-1]["content"]
+                chat = "messages" in body
+                prompt = body["messages"][-1]["content"] if chat else body["prompt"]
                 key = (prompt, body.get("seed"))
                 with outer.lock:
                     outer.attempts[key] += 1
@@ -71,15 +81,20 @@ class FakeOpenAI:
                     self.end_headers()
                     self.wfile.write(raw)
                     return
-                text = outer.answer(prompt)
+                if chat:
+                    text = outer.answer(prompt)
+                    choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                else:
+                    text = outer.complete(prompt, body.get("max_tokens") or 16)
+                    for stop in body.get("stop") or []:
+                        text = text.split(stop)[0]
+                    choice = {"index": 0, "finish_reason": "stop", "text": text, "logprobs": None}
                 payload = {
-                    "id": "chatcmpl-fake",
-                    "object": "chat.completion",
+                    "id": "fake",
+                    "object": "chat.completion" if chat else "text_completion",
                     "created": 0,
                     "model": body["model"],
-                    "choices": [
-                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
-                    ],
+                    "choices": [choice],
                     "usage": {
                         "prompt_tokens": len(prompt) // 4,
                         "completion_tokens": len(text) // 4,

@@ -12,28 +12,6 @@ import pytest
 from kpod import pipeline
 from kpod.config import KPODConfig, leaf_fields, load_config
 
-SETTINGS = [
-    "dataset=gsm8k",
-    "teacher.kind=reference",
-    "data.max_train_questions=6",
-    "data.max_eval_questions=2",
-    "train.epochs=2",
-    "weighting.epochs=1",
-    "weighting.reasoner_lora=true",
-    "eval.max_new_tokens=4",
-    "train.eval_every=0",
-    "student.lora_r=4",
-    "student.max_target_tokens=256",
-]
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_llama):
-    run = tmp_path_factory.mktemp("records") / "run"
-    overrides = SETTINGS + [f"student.model={tiny_llama}", f"output_dir={run}"]
-    pipeline.full_pipeline(load_config(overrides=overrides))
-    return run, overrides
-
 
 def _field(dotted: str):
     model: type = KPODConfig
@@ -67,8 +45,8 @@ def changed_values(cfg: KPODConfig, dotted: str) -> list:
     return [c for c in candidates if c != value]
 
 
-def test_a_changed_field_reruns_exactly_the_stages_that_read_it(finished_run):
-    run, overrides = finished_run
+def test_a_changed_field_reruns_exactly_the_stages_that_read_it(finished_tiny_run):
+    run, overrides = finished_tiny_run
     cfg = load_config(overrides=overrides)
     manifest = pipeline.read_manifest(run)
     stages = [s for s in manifest if s != "train_started"]
@@ -99,8 +77,8 @@ def test_a_changed_field_reruns_exactly_the_stages_that_read_it(finished_run):
     assert tested >= 0.9 * (len(leaf_fields(KPODConfig)) - len(pipeline.NOT_INPUTS)), untested
 
 
-def test_the_fields_named_in_the_stale_output_reports_are_recorded(finished_run):
-    run, _ = finished_run
+def test_the_fields_named_in_the_stale_output_reports_are_recorded(finished_tiny_run):
+    run, _ = finished_tiny_run
     reads = {stage: set(record.get("reads", ())) for stage, record in pipeline.read_manifest(run).items()}
     for stage in ("calculate_difficulties", "train"):
         assert {"weighting.overlap", "student.max_target_tokens", "student.max_input_tokens"} <= reads[stage], stage
@@ -112,8 +90,8 @@ def test_the_fields_named_in_the_stale_output_reports_are_recorded(finished_run)
     assert not any(d.startswith("teacher.") and d != "teacher.kind" for d in reads["generate"])
 
 
-def test_a_stage_run_by_hand_refuses_stale_inputs(finished_run, tmp_path):
-    run, overrides = finished_run
+def test_a_stage_run_by_hand_refuses_stale_inputs(finished_tiny_run, tmp_path):
+    run, overrides = finished_tiny_run
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     overrides = [o for o in overrides if not o.startswith("output_dir=")] + [f"output_dir={copy}"]

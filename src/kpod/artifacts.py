@@ -62,6 +62,9 @@ class RunPaths:
     def eval_dir(self, split: str) -> Path:
         return self.root / "eval" / split
 
+    def server_eval_cache(self, name: str) -> Path:
+        return self.eval_dir(name) / "server_cache.sqlite"
+
     def log_file(self, stage: str) -> Path:
         return self.root / "logs" / f"{stage}.log"
 

@@ -10,7 +10,7 @@ import sys
 
 from kpod.config import ConfigError, load_config
 from kpod.data.datasets import DataError
-from kpod.teacher.openai_teacher import TeacherError
+from kpod.endpoint import EndpointError
 
 STAGE_NAMES = (
     "generate",
@@ -138,7 +138,7 @@ def _run(func) -> int:
     except KeyboardInterrupt:
         print("kpod: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (ConfigError, DataError, FileNotFoundError, ValueError, TeacherError) as exc:
+    except (ConfigError, DataError, FileNotFoundError, ValueError, EndpointError) as exc:
         if debug:
             raise
         print(f"kpod: error: {exc}", file=sys.stderr)

@@ -391,6 +391,33 @@ class EvalConfig(_Section):
     split: Literal["train", "dev", "test"] = Field("test", description="Split evaluated by `evaluate`.")
     batch_size: int = Field(16, ge=1, description="Questions per generation batch.")
     max_new_tokens: int = Field(256, ge=1, description="Longest generated answer.")
+    backend: Literal["local", "server"] = Field(
+        "local",
+        description="local: generate() in this process (data-parallel under accelerate/torchrun); server: send the same prompts to an OpenAI-compatible server that serves the student (vLLM, SGLang, TGI, `transformers serve`), completions API, greedy.",
+    )
+    server_url: str | None = Field(None, description="backend=server: the server's URL, e.g. http://localhost:8000/v1.")
+    server_model: str | None = Field(
+        None,
+        description="backend=server: the name the server serves the student under (vLLM: the --lora-modules name, or --served-model-name; transformers serve: the exported folder's path).",
+    )
+    server_api_key_env: str = Field(
+        "KPOD_EVAL_API_KEY", description="backend=server: environment variable with the server's API key; unset: none."
+    )
+    server_concurrency: int = Field(64, ge=1, description="backend=server: requests in flight at once.")
+    server_timeout: float = Field(600.0, gt=0, description="backend=server: seconds before a request times out.")
+    server_max_retries: int = Field(8, ge=0, description="backend=server: retries per request (5xx, timeouts, drops).")
+    server_stall_timeout: float = Field(
+        900.0, gt=0, description="backend=server: stop when requests wait and nothing has answered for this long."
+    )
+
+    @model_validator(mode="after")
+    def _server_named(self) -> EvalConfig:
+        if self.backend == "server" and not (self.server_url and self.server_model):
+            raise ValueError(
+                "eval.backend=server needs eval.server_url (e.g. http://localhost:8000/v1) and eval.server_model "
+                "(the name the server serves the student under)"
+            )
+        return self
 
 
 class KPODConfig(_Section):

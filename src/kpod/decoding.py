@@ -18,6 +18,8 @@ from kpod.parallel import map_across_processes, process_state
 from kpod.rationale import ANSWER_TRIGGER, answers_match, extract_answer, format_prompt
 
 _NEXT_QUESTION = re.compile(r"\n\s*Q:|\sQ: ")
+# Stop strings for a server: each can only end a generation where clean_generation cuts anyway.
+SERVER_STOP = ["\nQ:"]
 _ANSWER_END = re.compile(ANSWER_TRIGGER + r"[^\n]*?(?:\.(?=\s|$)|\n|$)", re.IGNORECASE)
 
 
@@ -118,9 +120,13 @@ def evaluate_questions(
         ),
         prompts,
     )
+    return score_outputs(questions, texts)
+
+
+def score_outputs(questions: list[Question], raw_outputs: list[str]) -> tuple[dict, list[dict]]:
+    """(metrics, predictions) of a student's raw continuations, one per question, from any backend."""
     predictions = []
-    for i, question in enumerate(questions):
-        raw = texts[i]
+    for question, raw in zip(questions, raw_outputs, strict=True):
         cleaned = clean_generation(raw)
         pred = extract_answer(cleaned, question.task, question.choices)
         predictions.append(

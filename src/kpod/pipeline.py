@@ -166,8 +166,6 @@ def evaluate(cfg: KPODConfig, model_path: str | None = None, split: str | None =
     a hub id or a local model; default: the run folder's trained student, else the base model. A
     student trained on another dataset is evaluated into eval/<split>-<dataset> unless a tag is given."""
     from kpod.artifacts import write_eval
-    from kpod.decoding import evaluate_questions
-    from kpod.models import load_student
 
     paths = RunPaths(cfg.run_dir)
     split = split or cfg.eval.split
@@ -182,14 +180,23 @@ def evaluate(cfg: KPODConfig, model_path: str | None = None, split: str | None =
         source = model_path or (
             str(paths.student) if (paths.student / "kpod_student.json").is_file() else cfg.student.model
         )
-        model, tokenizer = load_student(source, cfg.student.dtype)
-        metrics, predictions = evaluate_questions(
-            model,
-            tokenizer,
-            questions=questions,
-            max_new_tokens=cfg.eval.max_new_tokens,
-            batch_size=cfg.eval.batch_size,
-        )
+        if cfg.eval.backend == "server":
+            from kpod.evaluation.server import evaluate_on_server
+
+            cache = paths.server_eval_cache(folder.name)
+            metrics, predictions = evaluate_on_server(cfg, questions, source=source, cache_path=cache)
+        else:
+            from kpod.decoding import evaluate_questions
+            from kpod.models import load_student
+
+            model, tokenizer = load_student(source, cfg.student.dtype)
+            metrics, predictions = evaluate_questions(
+                model,
+                tokenizer,
+                questions=questions,
+                max_new_tokens=cfg.eval.max_new_tokens,
+                batch_size=cfg.eval.batch_size,
+            )
         metrics.update({"model": source, "split": split, "dataset": cfg.dataset})
         write_eval(folder, metrics, predictions)
         log.info(
