@@ -107,9 +107,12 @@ def test_faults_are_retried_answers_cached_and_a_new_student_asked_again(tmp_pat
         assert rerun["answered_from_cache"] == 0 and rerun["requests_sent"] == 8 + rerun["retries"]
 
 
-def test_a_refusing_server_and_a_missing_url_are_clear_errors(tmp_path, tiny_llama):
+def test_a_refusing_server_and_a_missing_url_are_clear_errors(tmp_path, tiny_llama, monkeypatch):
     with FakeOpenAI(status_on_all=404) as server:
         with pytest.raises(EndpointError, match=r"evaluation server: .* refused the request \(404\)"):
+            pipeline.evaluate(_server_cfg(tmp_path, server.url, tiny_llama))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        with pytest.raises(ValueError, match="runs in one process"):
             pipeline.evaluate(_server_cfg(tmp_path, server.url, tiny_llama))
     with pytest.raises(ConfigError, match="eval.backend=server needs eval.server_url"):
         load_config(overrides={"eval.backend": "server"})
