@@ -12,6 +12,11 @@ KPOD epoch / Std-CoT epoch, weighting per 1000 rationales / one Std-CoT epoch on
 and weighting-st / weighting.
 
     KPOD_DATA_DIR=../shared/data python bench/training_cost.py [--model smollm2] [--n 64]
+
+The cost goal of the token weighting (SVAMP, real GPT-3.5 rationales, SmolLM2, as the faithfulness bench):
+
+    KPOD_DATA_DIR=../shared/data python bench/training_cost.py --model smollm2 --n 64 --arms std-cot,weighting \
+        --rationales bench/out/weight_faithfulness/gpt35_first_correct_260.jsonl
 """
 
 import argparse
@@ -32,7 +37,7 @@ PAPER_WEIGHTING = {
 }
 
 
-def arm(name: str, model: str, n: int, work: Path) -> dict:
+def arm(name: str, model: str, n: int, work: Path, rationales: str | None = None) -> dict:
     import torch
     from transformers import Trainer
 
@@ -50,7 +55,17 @@ def arm(name: str, model: str, n: int, work: Path) -> dict:
         overrides={
             "output_dir": str(run),
             "student.model": model,
-            "teacher.kind": "reference",
+            **(
+                {
+                    "dataset": "svamp",
+                    "teacher.kind": "file",
+                    "teacher.import_path": rationales,
+                    "weighting.max_rationale_tokens": 192,  # as bench/weight_faithfulness.py
+                    "weighting.max_question_tokens": 96,
+                }
+                if rationales
+                else {"teacher.kind": "reference"}
+            ),
             "data.max_train_questions": n,
             "train.epochs": 2,
             "train.eval_every": 0,
@@ -110,11 +125,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=None, help="default: a tiny LLaMA built from the real tokenizer")
     parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--arms", default="plain,std-cot,kpod,weighting,weighting-st")
+    parser.add_argument(
+        "--rationales", help="SVAMP rationales (JSONL, teacher.kind=file); default: GSM8K worked solutions"
+    )
     parser.add_argument("--arm")
     parser.add_argument("--work")
     args = parser.parse_args()
     if args.arm:
-        result = arm(args.arm, args.model, args.n, Path(args.work))
+        result = arm(args.arm, args.model, args.n, Path(args.work), args.rationales)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print("RESULT " + json.dumps(result))
         return
@@ -133,28 +152,46 @@ def main() -> None:
             )
         )
         results = {}
-        for name in ("plain", "std-cot", "kpod", "weighting", "weighting-st"):
+        for name in args.arms.split(","):
             work = Path(tmp) / name
             work.mkdir()
-            out = subprocess.run(
-                [sys.executable, __file__, "--arm", name, "--model", model, "--n", str(args.n), "--work", str(work)],
-                capture_output=True,
-                text=True,
-            )
+            command = [
+                sys.executable,
+                __file__,
+                "--arm",
+                name,
+                "--model",
+                model,
+                "--n",
+                str(args.n),
+                "--work",
+                str(work),
+            ]
+            if args.rationales:
+                command += ["--rationales", str(Path(args.rationales).resolve())]
+            out = subprocess.run(command, capture_output=True, text=True)
             line = next((row for row in out.stdout.splitlines() if row.startswith("RESULT ")), None)
             if line is None:
                 raise SystemExit(out.stderr[-3000:])
             results[name] = json.loads(line[7:])
-    print(f"model {args.model or 'tiny LLaMA (hidden 256, 4 layers)'}, {args.n} GSM8K rationales, LoRA r=16, 2 epochs")
+    data = "SVAMP GPT-3.5" if args.rationales else "GSM8K"
+    print(f"model {args.model or 'tiny LLaMA (hidden 256, 4 layers)'}, {args.n} {data} rationales, LoRA r=16, 2 epochs")
     for name, r in results.items():
         print(f"{name:<10} {r['seconds']:7.1f} s   peak RSS {r['peak_rss_mb']:7.0f} MB")
+    if {"std-cot", "weighting"} <= results.keys():
+        per_epoch = results["std-cot"]["seconds"] / 2
+        print(
+            "token weighting per 1000 rationales / one Std-CoT epoch on 1000 rationales: "
+            f"{results['weighting']['seconds'] / per_epoch:.2f}"
+        )
+    if not {"plain", "kpod", "weighting-st"} <= results.keys():
+        return
     plain, std, kpod, weighting = (results[k]["seconds"] for k in ("plain", "std-cot", "kpod", "weighting"))
     print(
         f"std-cot / plain Trainer time: {std / plain:.3f}   "
         f"(tokens/s {results['plain']['tokens_epoch_full'] * 2 / plain:.0f} vs {results['std-cot']['tokens_epoch_full'] * 2 / std:.0f})"
     )
     print(f"KPOD (stage 0 + stage 1 epochs) / Std-CoT (2 epochs) time: {kpod / std:.3f}")
-    print(f"token weighting per 1000 rationales / one Std-CoT epoch on 1000 rationales: {weighting / (std / 2):.2f}")
     print(
         f"token weighting, paper setting (straight-through, joint LoRA reasoner) / default: "
         f"{results['weighting-st']['seconds'] / weighting:.2f}"
