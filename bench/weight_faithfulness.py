@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--out", default="bench/out/weight_faithfulness")
     parser.add_argument("--name", default="default", help="sub-folder for this setting")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument(
+        "--fractions", default="", help="also delete these shares (e.g. 0.05,0.1): weights/faithfulness-<q>.json"
+    )
     args = parser.parse_args()
     root = Path(os.environ.get("KPOD_DATA_DIR", "../shared/data"))
     teacher_file = Path(args.out) / f"gpt35_first_correct_{args.train + args.heldout}.jsonl"
@@ -81,6 +84,14 @@ def main() -> None:
             f"deletion test {seconds['faithfulness']:.0f} s)\n{format_faithfulness(result)}",
             flush=True,
         )
+        for fraction in [float(f) for f in args.fractions.split(",") if f]:
+            out = paths.faithfulness.with_name(f"faithfulness-{fraction:g}.json")
+            if not out.is_file():
+                measure_faithfulness(cfg.run_dir, fraction=fraction, progress=False, judge_cache=cache, out=out)
+                cache_file.write_text(json.dumps([[list(k), v] for k, v in cache.items()]))
+            print(
+                f"\n### {args.name}, seed {seed}, {100 * fraction:g} % deleted\n{format_faithfulness(json.loads(out.read_text()))}"
+            )
 
 
 if __name__ == "__main__":

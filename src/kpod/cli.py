@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     faith.add_argument("--judge", help="frozen model scoring the gold answer (default: the run's pretrained student)")
     faith.add_argument("--limit", type=int, help="at most this many held-out rationales")
     faith.add_argument("--seed", type=int, default=0)
+    faith.add_argument("--out", help="write the result here instead of weights/faithfulness.json (the report's)")
     view = sub.add_parser("show_weights", help="print rationales with tokens marked by weight")
     view.add_argument("run_dir")
     view.add_argument("--n", type=int, default=3)
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                     judge=args.judge,
                     limit=args.limit,
                     seed=args.seed,
+                    out=args.out,
                 )
             )
             print(format_faithfulness(result))

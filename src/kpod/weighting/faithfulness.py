@@ -126,8 +126,10 @@ def measure_faithfulness(
     batch_size: int = 8,
     progress: bool = True,
     judge_cache: dict | None = None,
+    out: str | Path | None = None,
 ) -> dict:
-    """Deletion test of a run's token weights on its held-out rationales; writes weights/faithfulness.json.
+    """Deletion test of a run's token weights on its held-out rationales; writes weights/faithfulness.json
+    (the report's table), or `out` (e.g. the test at another fraction, beside it).
     judge_cache: (question, rationale, answer) -> NLL, shared between runs with the same judge (the
     intact, random and heuristic texts do not depend on the weights, so several seeds score them once)."""
     if not 0 < fraction < 1:
@@ -148,7 +150,7 @@ def measure_faithfulness(
     result.update({"judge": judge_name, "fraction": fraction, "random_draws": draws})
     result["auc_digits_operators"] = weight_auc(weights)
     result["per_rationale"] = per_rationale
-    write_json(paths.faithfulness, result)
+    write_json(Path(out) if out else paths.faithfulness, result)
     return result
 
 
