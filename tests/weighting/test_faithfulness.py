@@ -90,6 +90,12 @@ def test_faithfulness_on_a_run_folder(tmp_path, tiny_llama, capsys):
     assert saved["auc_digits_operators"] == pytest.approx(1.0)
     assert main(["faithfulness", str(run), "--judge", str(tiny_llama), "--draws", "1"]) == 0
     assert "top by w" in capsys.readouterr().out
+    # another budget beside the report's figures, not over them
+    before = (run / "weights/faithfulness.json").read_text()
+    out = tmp_path / "five.json"
+    assert main(["faithfulness", str(run), "--judge", str(tiny_llama), "--fraction", "0.05", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["fraction"] == 0.05
+    assert (run / "weights/faithfulness.json").read_text() == before
 
 
 def test_faithfulness_needs_held_out_rationales(tmp_path, tiny_llama):
