@@ -56,8 +56,9 @@ def main() -> None:
     parser.add_argument("--saliency", action="store_true", help="also the gradient x input rankings (slow)")
     args = parser.parse_args()
     paths = RunPaths(args.run)
-    recorded = {r["key"]: r for r in read_json(paths.faithfulness, "run kpod faithfulness first")["per_rationale"]}
-    judge = Judge(read_json(paths.faithfulness, "")["judge"])
+    faithfulness = read_json(paths.faithfulness, "run `kpod faithfulness` first")
+    recorded = {r["key"]: r for r in faithfulness["per_rationale"]}
+    judge = Judge(faithfulness["judge"])
     rationales = {rationale_key(r): r for r in read_rationales(paths.rationales("train"), include_incorrect=True)}
     rng = random.Random(0)
     damages: dict[str, list[float]] = {"top by w": [], "heuristic": [], "random": []}
