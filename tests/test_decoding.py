@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from kpod.data import Question
 from kpod.decoding import clean_generation, evaluate_questions, greedy_continuations
@@ -22,6 +23,29 @@ def test_batched_generation_equals_one_at_a_time(request, fixture):
     assert greedy_continuations(model, tokenizer, prompts, 6, batch_size=3, progress=False) == [
         greedy_continuations(model, tokenizer, [p], 6, batch_size=1, progress=False)[0] for p in prompts
     ]
+
+
+def test_out_of_memory_retries_the_batch_in_halves(tiny_llama, caplog):
+    model, tokenizer = load_student(str(tiny_llama))
+    prompts = [f"Q: What is {n} + {n}? A:" for n in range(7)]
+    expected = greedy_continuations(model, tokenizer, prompts, 5, batch_size=1, progress=False)
+    generate, sizes = model.generate, []
+
+    def generate_within_memory(**kwargs):
+        sizes.append(len(kwargs["input_ids"]))
+        if sizes[-1] > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return generate(**kwargs)
+
+    model.generate = generate_within_memory
+    with caplog.at_level("WARNING"):
+        assert greedy_continuations(model, tokenizer, prompts, 5, batch_size=8, progress=False) == expected
+    assert sizes == [7, 3, 3, 1]  # the 7 questions fail together, then go in halves of the failed batch
+    assert "going on with batches of 3" in caplog.text
+
+    model.generate = lambda **kwargs: (_ for _ in ()).throw(RuntimeError("shape mismatch"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors are not retried
+        greedy_continuations(model, tokenizer, prompts, 5, batch_size=8, progress=False)
 
 
 def test_metrics_and_predictions(tmp_path, tiny_llama):

@@ -389,7 +389,11 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     split: Literal["train", "dev", "test"] = Field("test", description="Split evaluated by `evaluate`.")
-    batch_size: int = Field(16, ge=1, description="Questions per generation batch.")
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="Questions per generation batch (halved and retried when a batch runs out of memory).",
+    )
     max_new_tokens: int = Field(256, ge=1, description="Longest generated answer.")
     backend: Literal["local", "server"] = Field(
         "local",

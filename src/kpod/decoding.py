@@ -6,9 +6,11 @@ back in order.
 
 from __future__ import annotations
 
+import logging
 import re
 
 import torch
+from accelerate.utils.memory import release_memory, should_reduce_batch_size
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -16,6 +18,8 @@ from kpod.data.datasets import Question
 from kpod.models import is_seq2seq
 from kpod.parallel import map_across_processes, process_state
 from kpod.rationale import ANSWER_TRIGGER, answers_match, extract_answer, format_prompt
+
+log = logging.getLogger(__name__)
 
 _NEXT_QUESTION = re.compile(r"\n\s*Q:|\sQ: ")
 # Stop strings for a server: each can only end a generation where clean_generation cuts anyway.
@@ -75,25 +79,38 @@ def greedy_continuations(
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
     outputs: dict[int, str] = {}
+    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
-            idx = order[start : start + batch_size]
+        while len(outputs) < len(prompts):
+            idx = order[len(outputs) : len(outputs) + batch_size]
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
             prompt_length = 0 if seq2seq else enc["input_ids"].shape[1]
             stopping = StoppingCriteriaList([StopWhenComplete(tokenizer, prompt_length)] if stop_when_complete else [])
-            out = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                stopping_criteria=stopping,
-            )
+            try:
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    stopping_criteria=stopping,
+                )
+            except Exception as exc:  # out of memory: the same questions again in smaller batches
+                if batch_size == 1 or not should_reduce_batch_size(exc):
+                    raise
+                batch_size = max(1, len(idx) // 2)
+                release_memory()
+                log.warning(
+                    "out of memory generating %d answers at once; going on with batches of %d", len(idx), batch_size
+                )
+                continue
             out = out[:, prompt_length:]
             for i, text in zip(idx, tokenizer.batch_decode(out, skip_special_tokens=True)):
                 outputs[i] = text
+            bar.update(len(idx))
     finally:
+        bar.close()
         tokenizer.padding_side = side
         model.train(was_training)
     return [outputs[i] for i in range(len(prompts))]

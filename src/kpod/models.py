@@ -126,6 +126,15 @@ def apply_adapter(model, adapter: Path, base_name: str):
     return PeftModel.from_pretrained(model, adapter)
 
 
+def merge_adapter(model):
+    """The model with its LoRA adapter folded into the base weights, for inference only: the same
+    function with fewer layers per step (1.1x faster generation, same greedy outputs; bench/eval_batching.py).
+    A model without an adapter is returned as is."""
+    from peft import PeftModel
+
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+
+
 _ARCHITECTURE_KEYS = (
     "model_type",
     "vocab_size",

@@ -187,9 +187,10 @@ def evaluate(cfg: KPODConfig, model_path: str | None = None, split: str | None =
             metrics, predictions = evaluate_on_server(cfg, questions, source=source, cache_path=cache)
         else:
             from kpod.decoding import evaluate_questions
-            from kpod.models import load_student
+            from kpod.models import load_student, merge_adapter
 
             model, tokenizer = load_student(source, cfg.student.dtype)
+            model = merge_adapter(model)
             metrics, predictions = evaluate_questions(
                 model,
                 tokenizer,
