@@ -35,7 +35,6 @@ STUDENT_SETTINGS = [
     "student.lora_alpha=32",
     "student.max_input_tokens=320",
     "student.max_target_tokens=256",
-    "eval.batch_size=16",
 ]
 ARMS = {
     "base": [],
