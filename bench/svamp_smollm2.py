@@ -42,6 +42,7 @@ ARMS = {
     "kpod": [],
     "kpod-uniform": ["train.uniform_weights=true"],
     "kpod-no-schedule": ["schedule.progressive=false"],
+    "kpod-floor": ["train.weight_floor=0.5"],
 }
 
 

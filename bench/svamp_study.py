@@ -4,7 +4,8 @@ SmolLM2-135M-Instruct + LoRA, trained on SVAMP training questions with the real 
 rationales of MCC-KD (the first correct one of each question; the same data, epochs, learning rate,
 LoRA and curriculum stages for every arm). Every run is evaluated, without model selection, on the
 300 held-out SVAMP questions (MCC-KD dev + test) and on the ASDiv test split (314, out of
-distribution). Arms: base, std-cot, kpod, kpod-uniform (no token weights), kpod-no-schedule.
+distribution). Arms: base, std-cot, kpod, kpod-uniform (no token weights), kpod-no-schedule and, after
+the study, kpod-floor (train.weight_floor=0.5: every token keeps at least half of a full weight).
 
 Runs go in the order of `--plan` (arm:seed), most informative first; each is a run folder under
 --out, resumable (finished stages and evaluations are skipped). After each run its per-question
@@ -54,8 +55,8 @@ def evaluated_after_training(run_dir: Path, eval_name: str) -> bool:
 
 
 def reuse_upstream(source: Path, target: Path) -> None:
-    """An ablation arm shares seed 0's KPOD stages before `train` (same inputs, so the same stage keys):
-    copying them lets full_pipeline skip them instead of recomputing identical files."""
+    """An ablation arm shares the stages before `train` of the KPOD run of its seed (same inputs, so the same
+    stage keys): copying them lets full_pipeline skip them instead of recomputing identical files."""
     if (target / "stages.json").is_file() or not (source / "stages.json").is_file():
         return
     target.mkdir(parents=True, exist_ok=True)
@@ -113,7 +114,7 @@ def main() -> None:
         asdiv = load_config(overrides=overrides + ["dataset=asdiv"])
         model_path = "smollm2" if arm == "base" else None
         start = time.time()
-        if arm in ("kpod-uniform", "kpod-no-schedule"):
+        if arm in ("kpod-uniform", "kpod-no-schedule", "kpod-floor"):
             reuse_upstream(out / f"kpod-s{seed}", run_dir)
         trained = (run_dir / "train" / "summary.json").is_file() and (run_dir / "student").is_dir()
         if arm != "base" and not trained:  # a trained run is not retrained (even by a later kpod version)

@@ -354,6 +354,13 @@ class TrainConfig(_Section):
         "example_mean",
         description="Rescale each example's rationale-token weights to mean 1 (ours) or use raw w (paper formula).",
     )
+    weight_floor: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of a full token's loss weight that every rationale token keeps: w' = floor + (1 - floor) w, "
+        "before weight_norm (ours; 0: the paper's w, 1: uniform). Tokens with w near 0 are otherwise barely trained.",
+    )
     uniform_weights: bool = Field(False, description="Every token weight 1 in KPOD (ablation 'uniform weights').")
     eval_every: int = Field(
         1,

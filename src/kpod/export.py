@@ -15,7 +15,7 @@ import yaml
 from kpod.artifacts import RunPaths, atomic_write_text, rationale_key, read_json, read_rationales, read_weights
 from kpod.data.datasets import DataError
 from kpod.layout import DistillExample, split_texts
-from kpod.models import STUDENT_INFO, load_tokenizer, load_trained_student
+from kpod.models import STUDENT_INFO, load_tokenizer, load_trained_student, merge_adapter
 from kpod.rationale import ANSWER_SENTENCE, PROMPT_TEMPLATE
 
 CITATION = """@inproceedings{feng2024keypoint,
@@ -37,8 +37,8 @@ def export_student(run_dir: str | Path, out: str | Path, merge: bool = False, pu
     model = load_trained_student(paths.student)
     tokenizer = load_tokenizer(str(paths.student))
     adapter = bool(info.get("adapter"))
-    if adapter and merge:
-        model = model.merge_and_unload()
+    if merge:
+        model = merge_adapter(model)
     staging = out.with_name(out.name + ".writing")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)

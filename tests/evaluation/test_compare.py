@@ -7,7 +7,7 @@ import pytest
 from kpod.artifacts import write_jsonl
 from kpod.cli import main
 from kpod.data.datasets import DataError
-from kpod.evaluation.compare import compare_runs, load_run, mcnemar_exact, paired_bootstrap
+from kpod.evaluation.compare import arm_name, compare_runs, load_run, mcnemar_exact, paired_bootstrap
 
 
 def test_mcnemar_exact_by_hand():
@@ -33,7 +33,7 @@ def test_paired_bootstrap_degenerate_and_closed_form():
     )
 
 
-def _run(tmp_path, name, correct, method="kpod", seed=0, ids=None):
+def _run(tmp_path, name, correct, method="kpod", seed=0, ids=None, weight_floor=0.0):
     run = tmp_path / name
     ids = ids or [f"q{i}" for i in range(len(correct))]
     write_jsonl(
@@ -42,7 +42,8 @@ def _run(tmp_path, name, correct, method="kpod", seed=0, ids=None):
     )
     (run / "configs").mkdir(parents=True)
     (run / "configs/train.yaml").write_text(
-        f"method: {method}\nseed: {seed}\ntrain: {{uniform_weights: false}}\ndifficulty: {{use_weights: true}}\n"
+        f"method: {method}\nseed: {seed}\ntrain: {{uniform_weights: false, weight_floor: {weight_floor}}}\n"
+        "difficulty: {use_weights: true}\n"
         "schedule: {progressive: true, beta: 12.0}\n"
     )
     return run
@@ -68,6 +69,13 @@ def test_compare_pools_seeds_and_pairs_questions(tmp_path, capsys):
     )
     assert "data:image/png;base64" in html.read_text() and "kpod vs std-cot" in capsys.readouterr().out
     assert json.loads((k0 / "comparison.json").read_text())["arm"] == "kpod"
+
+
+def test_arms_are_named_by_their_ablation_settings(tmp_path):
+    assert arm_name(_run(tmp_path, "k", [1])) == "kpod"
+    assert arm_name(_run(tmp_path, "f", [1], weight_floor=0.5)) == "kpod/weight-floor-0.5"
+    assert arm_name(_run(tmp_path, "s", [1], method="std-cot")) == "std-cot"
+    assert arm_name(tmp_path / "never-trained") == "base"
 
 
 def test_compare_refuses_different_questions(tmp_path):

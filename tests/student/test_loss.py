@@ -72,6 +72,9 @@ def test_weights_follow_character_offsets(tiny_t5):
     assert item["token_weights"][n:] == [1.0] * (len(item["labels"]) - n)
     normed = DistillDataset(_examples(weights)[:1], tokenizer, True)[0]["token_weights"][:n]
     assert sum(normed) / n == pytest.approx(1.0)
+    floored = DistillDataset(_examples(weights)[:1], tokenizer, True, weight_norm="none", weight_floor=0.5)[0]
+    assert floored["token_weights"][:n] == pytest.approx([0.5 + 0.5 * w for w in stored])  # 0.1 -> 0.55, 0.9 -> 0.95
+    assert floored["token_weights"][n:] == [1.0] * (len(floored["labels"]) - n)
 
 
 def test_input_steps_move_into_the_source(tiny_llama):

@@ -54,6 +54,8 @@ def arm_name(run_dir: Path) -> str:
     parts = ["kpod"]
     if cfg["train"].get("uniform_weights"):
         parts.append("uniform-weights")
+    elif cfg["train"].get("weight_floor"):
+        parts.append(f"weight-floor-{cfg['train']['weight_floor']:g}")
     if not cfg["difficulty"].get("use_weights", True):
         parts.append("no-weights-in-difficulty")
     if not cfg["schedule"].get("progressive", True):

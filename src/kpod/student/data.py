@@ -31,6 +31,7 @@ class DistillDataset(Dataset):
         max_input_tokens: int = 512,
         max_target_tokens: int = 384,
         weight_norm: Literal["example_mean", "none"] = "example_mean",
+        weight_floor: float = 0.0,
         overlap: Overlap = "max",
     ):
         if not examples:
@@ -41,6 +42,7 @@ class DistillDataset(Dataset):
         self.max_input_tokens = max_input_tokens
         self.max_target_tokens = max_target_tokens
         self.weight_norm = weight_norm
+        self.weight_floor = weight_floor
         self.overlap = overlap
         self.stage = 0
         self.truncated_inputs: set[tuple[str, int]] = set()
@@ -86,7 +88,10 @@ class DistillDataset(Dataset):
         if chars is None:
             return [1.0] * len(offsets)
         mapped = map_weights(chars, offsets, how=self.overlap)
-        weights = np.array([w if (inside and w is not None) else 1.0 for w, inside in zip(mapped, in_rationale)])
+        floor = self.weight_floor
+        weights = np.array(
+            [floor + (1 - floor) * w if (inside and w is not None) else 1.0 for w, inside in zip(mapped, in_rationale)]
+        )
         body = np.array(in_rationale, dtype=bool)
         if self.weight_norm == "example_mean" and body.any():
             mean = weights[body].mean()

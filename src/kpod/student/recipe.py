@@ -232,6 +232,7 @@ def build_trainer(
         max_input_tokens=student.max_input_tokens,
         max_target_tokens=student.max_target_tokens,
         weight_norm=cfg.train.weight_norm,
+        weight_floor=cfg.train.weight_floor,
         overlap=cfg.weighting.overlap,
     )
     callbacks = [StageCallback(dataset, cfg.schedule.stages)]
