@@ -7,7 +7,14 @@ import pytest
 from kpod.artifacts import write_jsonl
 from kpod.cli import main
 from kpod.data.datasets import DataError
-from kpod.evaluation.compare import arm_name, compare_runs, load_run, mcnemar_exact, paired_bootstrap
+from kpod.evaluation.compare import (
+    arm_name,
+    compare_runs,
+    format_markdown,
+    load_run,
+    mcnemar_exact,
+    paired_bootstrap,
+)
 
 
 def test_mcnemar_exact_by_hand():
@@ -69,6 +76,19 @@ def test_compare_pools_seeds_and_pairs_questions(tmp_path, capsys):
     )
     assert "data:image/png;base64" in html.read_text() and "kpod vs std-cot" in capsys.readouterr().out
     assert json.loads((k0 / "comparison.json").read_text())["arm"] == "kpod"
+
+
+def test_arms_with_different_seeds_are_compared_on_the_shared_seed(tmp_path):
+    k0 = _run(tmp_path, "k0", [1, 1, 1, 0, 1, 0], seed=0)
+    k1 = _run(tmp_path, "k1", [0, 0, 0, 0, 0, 0], seed=1)
+    s0 = _run(tmp_path, "s0", [0, 1, 1, 0, 0, 0], method="std-cot", seed=0)
+    result = compare_runs([load_run(r, "test") for r in (k0, k1, s0)], resamples=500)
+    assert result["arms"][0]["accuracy_mean"] == pytest.approx(100 * 4 / 12)  # the arm row keeps every seed
+    (pair,) = result["pairs"]
+    # difference, discordant counts and p all from seed 0: 4 vs 2 correct, 2 questions only kpod's
+    assert pair["difference"] == pytest.approx(100 * 2 / 6)
+    assert (pair["a_only"], pair["b_only"]) == (2, 0) and [s["seed_a"] for s in pair["per_seed"]] == [0]
+    assert "s0 0.5" in format_markdown(result)
 
 
 def test_arms_are_named_by_their_ablation_settings(tmp_path):

@@ -7,7 +7,9 @@ with no trained student is "base"), several runs of an arm being seeds. Per arm:
 spread over seeds and the answer-format rate. Per pair of arms, paired on the same questions:
 the accuracy difference with a paired bootstrap 95 % CI (questions resampled, seeds pooled: each
 arm's accuracy is its mean over seeds on the resampled questions), the exact McNemar p-value per
-seed pair and pooled over seed pairs, and the discordant counts.
+seed pair and pooled over seed pairs, and the discordant counts. All of a pair's figures use the
+same runs: those whose seed both arms have (when no seed is shared, the runs paired in order), so an
+arm with seeds 0-2 against one with seed 0 alone is compared on seed 0.
 """
 
 from __future__ import annotations
@@ -128,9 +130,9 @@ def discordant(a: EvaluatedRun, b: EvaluatedRun) -> tuple[int, int]:
     )
 
 
-def correctness_matrix(arm: Arm, questions: list[str]) -> np.ndarray:
+def correctness_matrix(runs: list[EvaluatedRun], questions: list[str]) -> np.ndarray:
     """(runs, questions) of 0/1."""
-    return np.array([[run.correct[q] for q in questions] for run in arm.runs], dtype=float)
+    return np.array([[run.correct[q] for q in questions] for run in runs], dtype=float)
 
 
 def paired_bootstrap(
@@ -172,11 +174,14 @@ def compare_runs(runs: list[EvaluatedRun], resamples: int = 10_000) -> dict:
         )
     pair_rows = []
     for a, b in itertools.combinations(arms, 2):
+        pairs = pair_by_seed(a, b)
         diff, low, high = paired_bootstrap(
-            correctness_matrix(a, questions), correctness_matrix(b, questions), resamples
+            correctness_matrix([ra for ra, _ in pairs], questions),
+            correctness_matrix([rb for _, rb in pairs], questions),
+            resamples,
         )
         per_seed = []
-        for ra, rb in pair_by_seed(a, b):
+        for ra, rb in pairs:
             wins, losses = discordant(ra, rb)
             per_seed.append(
                 {
@@ -222,7 +227,10 @@ def format_markdown(result: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for p in result["pairs"]:
-        seeds = ", ".join(f"{s['p']:.3g}" for s in p["per_seed"])
+        seeds = ", ".join(
+            f"s{s['seed_a']}" + ("" if s["seed_a"] == s["seed_b"] else f"/s{s['seed_b']}") + f" {s['p']:.3g}"
+            for s in p["per_seed"]
+        )
         lines.append(
             f"| {p['a']} vs {p['b']} | {p['difference']:+.2f} | [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}] | "
             f"{p['a_only']} / {p['b_only']} | {p['p_pooled']:.3g} | {seeds} |"
