@@ -17,6 +17,7 @@ import numpy as np
 
 from kpod.artifacts import RunPaths
 from kpod.data.datasets import read_jsonl
+from kpod.token_weights import loss_weights
 
 
 def contrast(run_dir: Path, floor: float) -> dict:
@@ -24,8 +25,7 @@ def contrast(run_dir: Path, floor: float) -> dict:
     n_tokens = n_low = 0
     for record in read_jsonl(RunPaths(run_dir).weights):
         raw = np.asarray(record["weights"], dtype=float)
-        w = floor + (1 - floor) * raw
-        w = w / w.mean()
+        w = loss_weights(raw, np.ones(len(raw), dtype=bool), floor=floor)
         maxima.append(w.max())
         minima.append(w.min())
         spreads.append(np.percentile(w, 90) / max(np.percentile(w, 10), 1e-9))

@@ -51,3 +51,15 @@ def map_weights(
     """Weights for tokens whose offsets are relative to a text that starts `shift` characters into
     the rationale (tokens outside the rationale get None)."""
     return [span_weight(chars, a + shift, end=b + shift, how=how) if b > a else None for a, b in offsets]
+
+
+def loss_weights(weights: np.ndarray, body: np.ndarray, floor: float = 0.0, mean_one: bool = True) -> np.ndarray:
+    """The weights a loss applies: w' = floor + (1 - floor) w on the rationale's tokens (`body`), then,
+    with `mean_one`, rescaled to mean 1 over them; tokens outside the body are left as given."""
+    out = np.array(weights, dtype=np.float64)
+    out[body] = floor + (1 - floor) * out[body]
+    if mean_one and body.any():
+        mean = out[body].mean()
+        if mean > 0:
+            out[body] /= mean
+    return out

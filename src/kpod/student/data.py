@@ -14,7 +14,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from kpod.layout import DistillExample, encode_example, source_target_item
-from kpod.token_weights import Overlap, map_weights
+from kpod.token_weights import Overlap, loss_weights, map_weights
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,10 @@ class DistillDataset(Dataset):
         if chars is None:
             return [1.0] * len(offsets)
         mapped = map_weights(chars, offsets, how=self.overlap)
-        floor = self.weight_floor
-        weights = np.array(
-            [floor + (1 - floor) * w if (inside and w is not None) else 1.0 for w, inside in zip(mapped, in_rationale)]
-        )
         body = np.array(in_rationale, dtype=bool)
-        if self.weight_norm == "example_mean" and body.any():
-            mean = weights[body].mean()
-            if mean > 0:
-                weights[body] = weights[body] / mean
+        # 1 outside the rationale, and inside it for a token without a stored weight
+        raw = np.array([w if (inside and w is not None) else 1.0 for w, inside in zip(mapped, in_rationale)])
+        weights = loss_weights(raw, body, floor=self.weight_floor, mean_one=self.weight_norm == "example_mean")
         return weights.tolist()
 
     def truncation_report(self) -> str | None:

@@ -225,15 +225,19 @@ def build_trainer(
             target_modules=student.target_modules,
         )
     seq2seq = is_seq2seq(model)
+    # read only when weights are used, so that changing them does not make a Std-CoT run stale
+    weighting = (
+        dict(weight_norm=cfg.train.weight_norm, weight_floor=cfg.train.weight_floor, overlap=cfg.weighting.overlap)
+        if any(e.weights is not None for e in examples)
+        else {}
+    )
     dataset = DistillDataset(
         examples,
         tokenizer,
         seq2seq=seq2seq,
         max_input_tokens=student.max_input_tokens,
         max_target_tokens=student.max_target_tokens,
-        weight_norm=cfg.train.weight_norm,
-        weight_floor=cfg.train.weight_floor,
-        overlap=cfg.weighting.overlap,
+        **weighting,
     )
     callbacks = [StageCallback(dataset, cfg.schedule.stages)]
     dev = None
