@@ -103,6 +103,7 @@ def run_keypoint_diagnostic(
     learning_rate: float = 1e-3,
     freeze_reasoner: bool = True,
     keep_rate: float | None = 0.8,
+    positions: str = "from_end",
     **module_options,
 ) -> dict:
     """Train the module on n synthetic rationales, return the ROC AUC of its weights on 200 new ones.
@@ -119,7 +120,7 @@ def run_keypoint_diagnostic(
         reasoner = load_model(str(folder))
         embeddings = reasoner.get_input_embeddings().weight.detach().clone()
         model = KeypointModel(
-            TokenWeighter(embeddings, heads=4, mlp_hidden=64, keep_rate=keep_rate),
+            TokenWeighter(embeddings, heads=4, mlp_hidden=64, keep_rate=keep_rate, positions=positions),
             reasoner,
             alpha=alpha,
             **module_options,
@@ -168,6 +169,7 @@ def run_keypoint_diagnostic(
         "mean_w": mean(every),
         "alpha": alpha,
         "keep_rate": keep_rate,
+        "positions": positions,
         "train_rationales": n,
         "epochs": epochs,
         "warmup_epochs": warmup_epochs,
