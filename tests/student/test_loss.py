@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,7 +11,7 @@ from kpod.models import load_student
 from kpod.student.data import DistillDataset
 from kpod.student.recipe import training_arguments
 from kpod.student.trainer import DistillTrainer, weighted_token_loss
-from kpod.token_weights import TokenWeights
+from kpod.token_weights import TokenWeights, loss_weights
 
 STEPS = ["Natalia sold 48/2 = 24 clips in May.\n", "Natalia sold 48+24 = 72 clips altogether."]
 QUESTION = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many?"
@@ -93,3 +94,11 @@ def test_input_steps_move_into_the_source(tiny_llama):
     assert targets[2].strip().startswith("Natalia sold 48/2")
     ds.stage = 1
     assert ds[0] is ds[0]  # tokenised once per (example, c)
+
+
+def test_loss_weights_floor_then_mean_one_on_the_rationale_only():
+    body = np.array([True, True, True, False])
+    out = loss_weights(np.array([0.0, 0.5, 1.0, 7.0]), body, floor=0.5)
+    # floored: 0.5, 0.75, 1.0 (mean 0.75), rescaled to mean 1; the answer token is left as given
+    np.testing.assert_allclose(out, [2 / 3, 1.0, 4 / 3, 7.0])
+    np.testing.assert_allclose(loss_weights(np.array([0.2, 0.6]), np.array([True, True]), mean_one=False), [0.2, 0.6])
