@@ -174,9 +174,7 @@ def export_weights(run_dir: str | Path, out: str | Path) -> dict:
         w = weights[key]
         rationale = "".join(r["steps"])
         steps0 = (schedule.get(key) or [0])[0]
-        source, target, _, _ = split_texts(
-            DistillExample(key, r["question"], answer=r["gold"], steps=r["steps"]), steps0
-        )
+        source, target, _ = split_texts(DistillExample(key, r["question"], answer=r["gold"], steps=r["steps"]), steps0)
         rows.append(
             {
                 "key": key,

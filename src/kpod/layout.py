@@ -30,17 +30,25 @@ class DistillExample:
         return "".join(self.steps)
 
 
-def split_texts(example: DistillExample, n_input_steps: int) -> tuple[str, str, int, int]:
-    """(source, target, where the rationale part of the target starts in the rationale, its length)."""
-    head = "".join(example.steps[:n_input_steps])
-    tail = "".join(example.steps[n_input_steps:])
-    source = format_prompt(example.question)
-    if head.strip():
-        source = f"{source} {head.strip()}"
-    lead = len(tail) - len(tail.lstrip())
-    body = tail.strip()
-    target = f"{body} {answer_sentence(example.answer)}" if body else answer_sentence(example.answer)
-    return source, target, len(head) + lead, len(body)
+def split_texts(example: DistillExample, n_input_steps: int) -> tuple[str, str, int]:
+    """(source, target, where the rationale starts in source + target) at c = n_input_steps.
+
+    source + target is the same full-rationale training text for every c, character for character:
+    the prompt, a space, the rationale (trailing whitespace dropped), a space and the answer sentence.
+    The source ends after step c with the separator that ends it (a newline, a space) verbatim.
+    """
+    prefix = format_prompt(example.question) + " "
+    rationale = example.rationale.rstrip()
+    full = (
+        f"{prefix}{rationale} {answer_sentence(example.answer)}"
+        if rationale
+        else prefix + answer_sentence(example.answer)
+    )
+    given = len("".join(example.steps[:n_input_steps]))
+    if given >= len(rationale):  # every step given: the target is the answer sentence
+        given = len(rationale) + 1 if rationale else 0
+    boundary = len(prefix) + given
+    return full[:boundary], full[boundary:], len(prefix)
 
 
 @dataclass
@@ -56,24 +64,38 @@ class EncodedExample:
 def encode_example(
     example: DistillExample, n_input_steps: int, tokenizer, seq2seq: bool, max_input_tokens: int, max_target_tokens: int
 ) -> EncodedExample:
-    """Tokenise (source, target) at a given c; target offsets are mapped into rationale characters."""
-    source, target, shift, body_len = split_texts(example, n_input_steps)
-    src = tokenizer(source, add_special_tokens=True)["input_ids"]
+    """Tokenise (source, target) at a given c; target offsets are mapped into rationale characters.
+
+    A causal LM reads source + target as one text, so that text is tokenised once and cut at the
+    boundary: a token that reaches past it (" The" after a sentence's space) belongs to the target, and
+    the tokens are those of the full rationale at every c. A seq2seq model tokenises the two apart.
+    """
+    source, target, start = split_texts(example, n_input_steps)
+    rationale_len = len(example.rationale.rstrip())
     if seq2seq:
+        src = tokenizer(source, add_special_tokens=True)["input_ids"]
         tgt = tokenizer(target, add_special_tokens=True, return_offsets_mapping=True)
-        target_ids, offsets = tgt["input_ids"], [tuple(o) for o in tgt["offset_mapping"]]
+        target_ids = tgt["input_ids"]
+        offsets = [(a + len(source), b + len(source)) for a, b in tgt["offset_mapping"]]
     else:
-        tgt = tokenizer(" " + target, add_special_tokens=False, return_offsets_mapping=True)
-        target_ids = tgt["input_ids"] + [tokenizer.eos_token_id]
-        offsets = [(max(a - 1, 0), max(b - 1, 0)) for a, b in tgt["offset_mapping"]] + [(0, 0)]
+        enc = tokenizer(
+            source + target, add_special_tokens=True, return_offsets_mapping=True, return_special_tokens_mask=True
+        )
+        text = [i for i, special in enumerate(enc["special_tokens_mask"]) if not special]
+        leading = enc["input_ids"][: text[0] if text else 0]  # a BOS the tokenizer puts first
+        in_source = sum(1 for i in text if enc["offset_mapping"][i][1] <= len(source))
+        cut = text[in_source:]
+        src = leading + [enc["input_ids"][i] for i in text[:in_source]]
+        target_ids = [enc["input_ids"][i] for i in cut] + [tokenizer.eos_token_id]
+        offsets = [tuple(enc["offset_mapping"][i]) for i in cut] + [(0, 0)]
     input_truncated = len(src) > max_input_tokens
     if input_truncated:
         src = src[: max_input_tokens - 1] + src[-1:] if seq2seq else src[:max_input_tokens]
     target_truncated = len(target_ids) > max_target_tokens
     if target_truncated:
         target_ids, offsets = target_ids[:max_target_tokens], offsets[:max_target_tokens]
-    in_rationale = [b > a and a < body_len for a, b in offsets]
-    offsets = [(a + shift, b + shift) if inside else (0, 0) for (a, b), inside in zip(offsets, in_rationale)]
+    in_rationale = [b > a and a < start + rationale_len for a, b in offsets]
+    offsets = [(max(a - start, 0), b - start) if inside else (0, 0) for (a, b), inside in zip(offsets, in_rationale)]
     return EncodedExample(
         src,
         target_ids,
