@@ -80,3 +80,37 @@ def test_token_weights_export_as_a_dataset(trained_run, tmp_path):
 def test_export_needs_a_trained_student(tmp_path, capsys):
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "train the student first" in capsys.readouterr().err
+
+
+def test_export_never_deletes_what_it_did_not_write(trained_run, tmp_path, capsys):
+    """The run folder, a folder that holds it and a folder of other files are refused and left as they were;
+    an earlier export is replaced, an empty folder filled."""
+    models = tmp_path / "models"
+    (models / "other-model").mkdir(parents=True)
+    (models / "other-model" / "model.safetensors").write_text("someone else's weights")
+    before = sorted(str(p.relative_to(trained_run)) for p in trained_run.rglob("*"))
+    for target, reason in [
+        (trained_run, "run folder or holds it"),
+        (trained_run.parent, "run folder or holds it"),
+        (models, "holds other files"),
+        (models / "other-model", "holds other files"),
+    ]:
+        assert main(["export", str(trained_run), "--out", str(target)]) == 2
+        assert reason in capsys.readouterr().err
+    assert main(["export", str(trained_run), "--weights", str(models)]) == 2
+    assert sorted(str(p.relative_to(trained_run)) for p in trained_run.rglob("*")) == before
+    assert (models / "other-model" / "model.safetensors").read_text() == "someone else's weights"
+
+    out = models / "kpod-student"
+    out.mkdir()  # an empty folder is filled
+    assert main(["export", str(trained_run), "--out", str(out)]) == 0
+    (out / "stale-file.txt").write_text("left by the earlier export")
+    assert main(["export", str(trained_run), "--out", str(out), "--merge"]) == 0  # an earlier export is replaced
+    assert not (out / "stale-file.txt").exists() and (out / "config.json").is_file()
+    assert sorted(p.name for p in models.iterdir()) == ["kpod-student", "other-model"]  # no staging left behind
+    weights = tmp_path / "weights-dataset"
+    assert main(["export", str(trained_run), "--weights", str(weights)]) == 0
+    assert main(["export", str(trained_run), "--weights", str(weights)]) == 0
+    import datasets
+
+    assert len(datasets.load_from_disk(str(weights))) > 0

@@ -7,7 +7,9 @@ token weights as a dataset other trainers can read.
 
 from __future__ import annotations
 
+import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -32,6 +34,7 @@ def export_student(run_dir: str | Path, out: str | Path, merge: bool = False, pu
     from transformers import GenerationConfig
 
     paths, out = RunPaths(run_dir), Path(out)
+    check_export_target(out, paths.root)
     info = read_json(paths.student / STUDENT_INFO, "train the student first (`kpod train`)", ("base_model",))
     config = _run_config(paths)
     model = load_trained_student(paths.student)
@@ -39,8 +42,7 @@ def export_student(run_dir: str | Path, out: str | Path, merge: bool = False, pu
     adapter = bool(info.get("adapter"))
     if merge:
         model = merge_adapter(model)
-    staging = out.with_name(out.name + ".writing")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = _staging_folder(out, paths.root)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     max_new_tokens = (config.get("eval") or {}).get("max_new_tokens", 256)
@@ -53,8 +55,7 @@ def export_student(run_dir: str | Path, out: str | Path, merge: bool = False, pu
     ).save_pretrained(staging)
     kind = "adapter" if adapter and not merge else ("merged" if adapter else "full")
     atomic_write_text(staging / "README.md", model_card(paths, config, info=info, kind=kind))
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    _replace_with(staging, out, paths.root)
     result = {"out": str(out), "weights": kind, "base_model": info["base_model"]}
     if push_to_hub:
         from huggingface_hub import HfApi
@@ -63,6 +64,48 @@ def export_student(run_dir: str | Path, out: str | Path, merge: bool = False, pu
         api.create_repo(push_to_hub, exist_ok=True)
         result["pushed"] = api.upload_folder(folder_path=str(out), repo_id=push_to_hub).commit_url
     return result
+
+
+EXPORT_MARKER = ".kpod-export.json"
+
+
+def check_export_target(out: Path, run_dir: Path) -> None:
+    """An export writes a new folder or replaces an earlier kpod export (it holds EXPORT_MARKER), never
+    anything else: not a run folder, not a folder that holds the run, not a folder with other files."""
+    out, run = Path(out).resolve(), Path(run_dir).resolve()
+    if out == run or run.is_relative_to(out):
+        raise DataError(f"{out}: this is the run folder or holds it; export into a new folder (e.g. {run.name}-export)")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DataError(f"{out}: a file is there; export into a new folder")
+    if (out / "stages.json").exists() or (out / "configs").is_dir():
+        raise DataError(f"{out}: a kpod run folder is there; export into a new folder")
+    if any(out.iterdir()) and not (out / EXPORT_MARKER).is_file():
+        raise DataError(
+            f"{out}: the folder holds other files and no earlier kpod export ({EXPORT_MARKER}); nothing was "
+            "written. Export into a new or empty folder"
+        )
+
+
+def _staging_folder(out: Path, run_dir: Path) -> Path:
+    check_export_target(out, run_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.writing-"))
+    (staging / EXPORT_MARKER).write_text(json.dumps({"run": str(Path(run_dir).resolve())}) + "\n")
+    return staging
+
+
+def _replace_with(staging: Path, out: Path, run_dir: Path) -> None:
+    """Move the finished export into place; an earlier export there is removed only after the check."""
+    check_export_target(out, run_dir)
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        out.rename(old / out.name)
+        staging.rename(out)
+        shutil.rmtree(old)
+    else:
+        staging.rename(out)
 
 
 def _run_config(paths: RunPaths) -> dict:
@@ -194,8 +237,15 @@ def export_weights(run_dir: str | Path, out: str | Path) -> dict:
         raise DataError(f"{paths.weights}: no weights for the run's rationales; rerun `kpod train_token_weighting`")
     dataset = datasets.Dataset.from_list(rows)
     if out.suffix == ".parquet":
+        if out.is_dir():
+            raise DataError(f"{out}: a folder is there; name a new .parquet file")
         out.parent.mkdir(parents=True, exist_ok=True)
         dataset.to_parquet(str(out))
     else:
-        dataset.save_to_disk(str(out))
+        staging = _staging_folder(out, paths.root)
+        dataset.save_to_disk(str(staging / "dataset"))
+        for item in (staging / "dataset").iterdir():
+            item.rename(staging / item.name)
+        (staging / "dataset").rmdir()
+        _replace_with(staging, out, paths.root)
     return {"out": str(out), "rationales": len(rows)}
