@@ -30,7 +30,8 @@ def main() -> None:
     ]
     print(f"{'source':<32}{'rationales':>11}{'unmatched':>10}{'answer found':>14}{'= gold':>9}")
     for name, path, fmt, split, questions in sources:
-        records, unmatched = import_rationales(path, questions, fmt, split)
+        records, counts = import_rationales(path, questions, fmt, split)
+        unmatched = counts["read"] - counts["kept"]
         found = sum(r["answer"] is not None for r in records)
         correct = sum(r["correct"] for r in records)
         print(

@@ -102,8 +102,12 @@ def generate(cfg: KPODConfig, split: str = "train") -> dict:
                 records = reference_rationales(questions)
                 summary = {"teacher": "reference"}
             elif t.kind == "file":
-                records, unmatched = import_rationales(t.import_path, questions, fmt=t.import_format, split=split)
-                summary = {"teacher": f"file:{t.import_path}", "unmatched_entries": unmatched}
+                records, counts = import_rationales(t.import_path, questions, fmt=t.import_format, split=split)
+                summary = {
+                    "teacher": f"file:{t.import_path}",
+                    "import": counts,
+                    "unmatched_entries": counts["dropped"]["no question of this split"],
+                }
             else:
                 from kpod.teacher.openai_teacher import run_openai_teacher
 

@@ -40,32 +40,40 @@ def _detect_format(path: Path) -> str:
     return "mcc_kd" if head.startswith("[") and '"instruction"' in head else "jsonl"
 
 
-def _pairs_jsonl(path: Path) -> list[tuple[dict, str, int]]:
+def _pairs_jsonl(path: Path) -> list[tuple[dict, str, int | None]]:
+    """(row, rationale, sample) per rationale; sample None where the row does not number it."""
     rows = read_jsonl(path)
     out = []
     for number, row in enumerate(rows, 1):
-        text = row.get("rationale", row.get("output", row.get("text")))
-        if text is None or not ("id" in row or "question" in row):
+        field = next((f for f in ("rationale", "output", "text") if f in row), None)
+        if field is None or not ("id" in row or "question" in row):
             raise DataError(f"{path}:{number}: expected 'id' or 'question' and 'rationale' (or 'output'/'text')")
+        text = row[field]
         texts = text if isinstance(text, list) else [text]
-        for k, t in enumerate(texts):
-            out.append((row, t, row.get("sample", k)))
+        if not all(isinstance(t, str) for t in texts):
+            raise DataError(
+                f"{path}:{number}: field '{field}' must be a string or a list of strings, got {type(text).__name__}"
+            )
+        sample = row.get("sample")
+        if sample is not None and (not isinstance(sample, int) or isinstance(sample, bool) or len(texts) > 1):
+            raise DataError(f"{path}:{number}: field 'sample' must be an integer, on a row with one rationale")
+        out.extend((row, t, sample) for t in texts)
     return out
 
 
-def _pairs_mcc_kd(path: Path) -> list[tuple[dict, str, int]]:
+def _pairs_mcc_kd(path: Path) -> list[tuple[dict, str, int | None]]:
     out = []
     for i, row in enumerate(read_json(path)):
         if "instruction" not in row or "output" not in row:
             raise DataError(f"{path}: item {i}: expected 'instruction' and 'output'")
         texts = row["output"] if isinstance(row["output"], list) else [row["output"]]
-        out.extend(
-            ({"question": row["instruction"].split("Answer Choices:")[0]}, t, k) for k, t in enumerate(texts) if t
-        )
+        if not all(isinstance(t, str) for t in texts):
+            raise DataError(f"{path}: item {i}: 'output' must be a string or a list of strings")
+        out.extend(({"question": row["instruction"].split("Answer Choices:")[0]}, t, None) for t in texts if t)
     return out
 
 
-def _pairs_palm_dss(folder: Path, split: str) -> list[tuple[dict, str, int]]:
+def _pairs_palm_dss(folder: Path, split: str) -> list[tuple[dict, str, int | None]]:
     name = folder.name
     inputs = read_jsonl(folder / f"{name}_{split}.json")
     chunks = sorted(glob.glob(str(folder / "llm" / f"{split}_CoT_*.json")), key=lambda p: int(p.rsplit("_", 1)[1][:-5]))
@@ -77,14 +85,16 @@ def _pairs_palm_dss(folder: Path, split: str) -> list[tuple[dict, str, int]]:
     out = []
     for row, text in zip(inputs, completions):
         question = row.get("input", row.get("question"))
-        out.append(({"question": question}, _completion_at_first_question(text), 0))
+        out.append(({"question": question}, _completion_at_first_question(text), None))
     return out
 
 
 def import_rationales(
     path: Path, questions: list[Question], fmt: str = "auto", split: str = "train", teacher: str | None = None
-) -> tuple[list[dict], int]:
-    """Rationales for `questions` from a file; returns (records, how many file entries matched none)."""
+) -> tuple[list[dict], dict]:
+    """Rationales for `questions` from a file, every one kept: a question's rationales that the file does
+    not number (no `sample` field) are numbered in file order. Returns (records, counts): how many
+    rationales were read, kept and dropped, by reason."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: rationale file not found")
@@ -93,16 +103,23 @@ def import_rationales(
     entries = _pairs_palm_dss(path, split) if fmt == "palm_dss" else pairs(path)
     by_id = {q.id: q for q in questions}
     by_text = {_key(q.question.split("Answer Choices:")[0]): q for q in questions}
-    records, unmatched, seen = [], 0, set()
+    records, unmatched, samples = [], 0, {}
     for row, text, sample in entries:
         question = by_id.get(row.get("id")) or by_text.get(_key(str(row.get("question", ""))))
         if question is None:
             unmatched += 1
             continue
-        if (question.id, sample) in seen:
-            continue
-        seen.add((question.id, sample))
+        taken = samples.setdefault(question.id, set())
+        if sample is None:
+            sample = next(k for k in range(len(taken) + 1) if k not in taken)
+        elif sample in taken:
+            raise DataError(
+                f"{path}: question {question.id} has two rationales numbered sample {sample}; number each "
+                "rationale of a question once, or leave 'sample' out and they are numbered in file order"
+            )
+        taken.add(sample)
         records.append(rationale_record(question, text, teacher=teacher or f"file:{path.name}", sample=sample))
     if not records:
         raise DataError(f"{path}: none of its {len(entries)} rationales match a question of this split")
-    return records, unmatched
+    counts = {"read": len(entries), "kept": len(records), "dropped": {"no question of this split": unmatched}}
+    return records, counts
