@@ -24,6 +24,7 @@ import yaml
 from kpod.artifacts import RunPaths, read_json, write_json, write_jsonl
 from kpod.config import KPODConfig, record_reads
 from kpod.data.datasets import DataError, DatasetSplits, load_dataset_splits
+from kpod.runlock import run_folder_lock
 
 log = logging.getLogger("kpod")
 
@@ -365,9 +366,16 @@ def _check_upstream(cfg: KPODConfig, stage: str, manifest: dict) -> None:
 @contextlib.contextmanager
 def recorded_stage(cfg: KPODConfig, stage: str, arguments: dict | None = None):
     """Run a stage while recording the config fields it reads; on success write its record (fields and
-    values read, input file digests, arguments) to stages.json. On failure its old record is removed."""
+    values read, input file digests, arguments) to stages.json. On failure its old record is removed.
+    The run folder is locked for the stage: a second process refuses instead of writing beside it."""
     arguments = arguments or {}
     paths = RunPaths(cfg.run_dir)
+    prepare_run_folder(paths.root)
+    with run_folder_lock(paths.root):
+        yield from _recorded(cfg, stage, arguments, paths)
+
+
+def _recorded(cfg: KPODConfig, stage: str, arguments: dict, paths: RunPaths):
     manifest = read_manifest(paths.root)
     _check_upstream(cfg, stage, manifest)
     inputs = _current_inputs(cfg, stage, arguments)
@@ -401,6 +409,12 @@ def _discard_foreign_checkpoints(cfg, paths, manifest, inputs, arguments, main_p
 
 def full_pipeline(cfg: KPODConfig, model_path: str | None = None, force: bool = False) -> dict:
     """Every stage in order, each skipped when its recorded run still holds (stages.json)."""
+    prepare_run_folder(RunPaths(cfg.run_dir).root)
+    with run_folder_lock(cfg.run_dir):
+        return _run_stages(cfg, model_path, force)
+
+
+def _run_stages(cfg: KPODConfig, model_path: str | None, force: bool) -> dict:
     stages = [s for s in STAGES if cfg.method == "kpod" or s in ("generate", "train", "evaluate")]
     results = {}
     for stage in stages:
