@@ -120,3 +120,25 @@ def test_several_splits_are_pooled_by_question(tmp_path):
     result = compare_runs([pooled, load_run(b, "dev,test")], resamples=500)
     assert [arm["accuracy_mean"] for arm in result["arms"]] == [pytest.approx(80.0), pytest.approx(40.0)]
     assert (result["pairs"][0]["a_only"], result["pairs"][0]["b_only"]) == (2, 0)
+
+
+def test_a_run_counted_twice_is_refused(tmp_path):
+    """Listed twice, copied under another name, or a second run of one arm with the same seed."""
+    import shutil
+
+    k0 = _run(tmp_path, "k0", [1, 1, 0, 0, 1, 0])
+    s0 = _run(tmp_path, "s0", [0, 1, 1, 0, 0, 0], method="std-cot")
+    shutil.copytree(k0, tmp_path / "copy-of-k0")
+    (tmp_path / "copy-of-k0/configs/train.yaml").write_text(
+        (k0 / "configs/train.yaml").read_text().replace("seed: 0", "seed: 7")
+    )
+    again = _run(tmp_path, "k0-again", [1, 0, 0, 0, 1, 1])
+    for runs, message in [
+        ([k0, s0, k0], "k0 is listed twice"),
+        ([k0, s0, tmp_path / "copy-of-k0"], "copy-of-k0 has the same predictions as .*k0"),
+        ([k0, s0, again], "k0-again is a second run of arm kpod with seed 0, beside .*k0"),
+    ]:
+        with pytest.raises(DataError, match=message):
+            compare_runs([load_run(r, "test") for r in runs])
+    assert main(["compare", str(k0), str(s0), str(k0)]) == 2
+    compare_runs([load_run(r, "test") for r in (k0, s0)], resamples=100)

@@ -15,6 +15,7 @@ arm with seeds 0-2 against one with seed 0 alone is compared on seed 0.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import itertools
@@ -37,6 +38,7 @@ class EvaluatedRun:
     seed: int | None
     correct: dict[str, bool]  # question id -> correct
     answer_sentence_rate: float
+    content: str = ""  # digest of its predictions: a copy of a run under another name has the same
 
 
 @dataclass
@@ -73,12 +75,14 @@ def load_run(run_dir: str | Path, split: str, arm: str | None = None) -> Evaluat
     run_dir = Path(run_dir)
     splits = [s.strip() for s in split.split(",") if s.strip()]
     rows: list[dict] = []
+    digest = hashlib.sha256()
     for name in splits:
         predictions = RunPaths(run_dir).eval_dir(name) / "predictions.jsonl"
         if not predictions.is_file():
             raise DataError(
                 f"{predictions}: not found; run `kpod evaluate --output-dir {run_dir}` on the {name} split first"
             )
+        digest.update(predictions.read_bytes())
         part = read_jsonl(predictions)
         if not part:
             raise DataError(f"{predictions}: no predictions")
@@ -95,6 +99,7 @@ def load_run(run_dir: str | Path, split: str, arm: str | None = None) -> Evaluat
         seed=seed,
         correct={str(r["id"]): bool(r["correct"]) for r in rows},
         answer_sentence_rate=sum(bool(r.get("answer_sentence")) for r in rows) / len(rows),
+        content=digest.hexdigest(),
     )
 
 
@@ -155,7 +160,25 @@ def pair_by_seed(a: Arm, b: Arm) -> list[tuple[EvaluatedRun, EvaluatedRun]]:
     return pairs or list(zip(a.runs, b.runs))
 
 
+def refuse_duplicates(runs: list[EvaluatedRun]) -> None:
+    """A run counted twice makes a difference look surer than it is: the same folder, a copy of one
+    (the same predictions) and two runs of one arm with the same seed are refused."""
+    seen: dict = {}
+    for run in runs:
+        for key, what in (
+            (("path", Path(run.path).resolve()), "is listed twice"),
+            (("content", run.content), "has the same predictions as"),
+            (("seed", run.arm, run.seed), f"is a second run of arm {run.arm} with seed {run.seed}, beside"),
+        ):
+            if key[-1] in (None, "") or key not in seen:
+                seen.setdefault(key, run.path)
+                continue
+            other = "" if key[0] == "path" else f" {seen[key]}"
+            raise DataError(f"{run.path} {what}{other}: each run may be counted once; leave the duplicate out")
+
+
 def compare_runs(runs: list[EvaluatedRun], resamples: int = 10_000) -> dict:
+    refuse_duplicates(runs)
     arms = group_runs(runs)
     questions = sorted(runs[0].correct)
     arm_rows = []
