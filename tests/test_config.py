@@ -38,6 +38,11 @@ def test_yaml_and_overrides(tmp_path):
         ("weighting.prefixes=foo", "weighting.prefixes"),
         ("method=distill", "method"),
         ("dataset=mnist", "dataset"),
+        ("data.max_train_questions=yes", "data.max_train_questions"),  # a boolean is not a number
+        ("train.epochs=true", "train.epochs"),
+        ("schedule.beta=false", "schedule.beta"),
+        ("train.trainer_args.save_total_limit=two", "train.trainer_args"),
+        ("train.trainer_args.bf16=1", "train.trainer_args"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
@@ -61,3 +66,30 @@ def test_presets_validate():
     assert len(presets) >= 13
     for preset in presets:
         load_config(preset)
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_refused_naming_the_lines(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "dataset: gsm8k\ndata:\n  max_train_questions: 8\ntrain:\n  epochs: 2\ndata:\n  split_source: official\n"
+    )
+    with pytest.raises(ConfigError, match=r"c\.yaml:6: 'data' is given twice \(first on line 2\)"):
+        load_config(f)
+    f.write_text("train:\n  epochs: 2\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match="c.yaml:3: 'epochs' is given twice"):
+        load_config(f)
+
+
+def test_numbers_and_trainer_args_that_are_right_still_load():
+    c = load_config(
+        overrides=[
+            "train.learning_rate=1",  # an int is a float
+            "data.max_train_questions=8",
+            "train.trainer_args.save_total_limit=3",
+            "train.trainer_args.bf16=true",
+            "train.trainer_args.warmup_steps=10",
+            "train.trainer_args.lr_scheduler_type=cosine",
+            "train.uniform_weights=true",
+        ]
+    )
+    assert c.train.learning_rate == 1.0 and c.data.max_train_questions == 8 and c.train.uniform_weights is True

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import types
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -50,11 +52,40 @@ class _Section(BaseModel):
                 _reads.add(_SECTION_PATHS[type(self)] + name)
         return value
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _a_boolean_is_not_a_number(cls, value, info):
+        if isinstance(value, bool) and _is_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"expected a number, got {value!r} (YAML reads yes/no/true/false as booleans)")
+        return value
+
     def model_dump(self, **kwargs) -> dict:
         if _reads is not None:
             prefix = _SECTION_PATHS[type(self)]
             _reads.update(prefix + leaf for leaf in leaf_fields(type(self)))
         return super().model_dump(**kwargs)
+
+
+def _is_number(annotation) -> bool:
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return any(_is_number(a) for a in typing.get_args(annotation))
+    return annotation in (int, float)
+
+
+def _accepts(annotation, value) -> bool:
+    """Whether a plain value fits a TrainingArguments annotation (other types are left to TrainingArguments)."""
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return any(_accepts(a, value) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation in (int, float):
+        number = (int, float) if annotation is float else int
+        return isinstance(value, number) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    return True
 
 
 def leaf_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -384,6 +415,7 @@ class TrainConfig(_Section):
         from transformers import TrainingArguments
 
         known = {f.name for f in dataclasses.fields(TrainingArguments)}
+        types_ = typing.get_type_hints(TrainingArguments)
         for name in value:
             if name in TRAINER_ARGS_OWNED:
                 raise ValueError(f"{name} is set by kpod: use {TRAINER_ARGS_OWNED[name]}")
@@ -391,6 +423,8 @@ class TrainConfig(_Section):
                 close = difflib.get_close_matches(name, known, n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 raise ValueError(f"{name} is not a transformers.TrainingArguments field{hint}")
+            if not _accepts(types_.get(name), value[name]):
+                raise ValueError(f"{name} must be {types_[name]}, got {value[name]!r}")
         return value
 
 
@@ -557,6 +591,27 @@ def _map_retired_fields(raw: dict) -> dict:
     return raw
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        lines: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise DuplicateKeyError(
+                    f"{line}: '{key}' is given twice (first on line {lines[key]}); YAML would keep only the "
+                    "last one: merge the two"
+                )
+            lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """`a.b=value` with the value parsed as YAML (numbers, booleans, lists, null)."""
     if "=" not in item:
@@ -576,7 +631,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        except DuplicateKeyError as exc:
+            raise ConfigError(f"{path}:{exc}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
         if not isinstance(raw, dict):
