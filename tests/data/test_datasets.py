@@ -61,6 +61,20 @@ def test_missing_and_malformed_files_name_the_file(tmp_path):
     (tmp_path / "gsm8k" / "train.jsonl").write_text('{"question": "q", "answer": "a #### 1"}\n{not json\n')
     with pytest.raises(DataError, match=r"train.jsonl:2: malformed JSON"):
         load_dataset_splits("gsm8k", tmp_path, "official")
+    (tmp_path / "gsm8k" / "train.jsonl").write_bytes(
+        b'{"question": "q", "answer": "a #### 1"}\n{"question": "caf\xe9"}\n'
+    )
+    with pytest.raises(DataError, match=r"train.jsonl:2: not UTF-8 text \(byte 0xe9 at column 18\)"):
+        load_dataset_splits("gsm8k", tmp_path, "official")
+
+
+@pytest.mark.parametrize("question", ["   ", "\n\t", 42])
+def test_an_empty_question_is_refused_naming_the_row(tmp_path, question):
+    (tmp_path / "gsm8k").mkdir()
+    rows = [{"question": "How many?", "answer": "2 #### 2"}, {"question": question, "answer": "x #### 3"}]
+    (tmp_path / "gsm8k" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"train.jsonl:2: the question is empty"):
+        load_dataset_splits("gsm8k", tmp_path, "official")
 
 
 def test_unknown_dataset():

@@ -70,8 +70,14 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}:{number}: not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -104,6 +110,13 @@ def _key(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
+def _question_text(text, where: str) -> str:
+    """The question as trained and asked; an empty or non-text one is refused, naming where it is."""
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: the question is empty (got {text!r}); fix or remove that row")
+    return text.strip()
+
+
 def clean_gsm8k_solution(answer_field: str) -> str:
     """The worked solution without `<<a*b=c>>` calculator notes and without the `#### n` line."""
     body = answer_field.split("####")[0]
@@ -123,7 +136,7 @@ def _gsm8k_file(path: Path, prefix: str) -> list[Question]:
         out.append(
             Question(
                 f"{prefix}-{i}",
-                row["question"].strip(),
+                _question_text(row["question"], f"{path}:{i + 1}"),
                 answer=gold,
                 task="math",
                 choices=None,
@@ -138,8 +151,15 @@ def _svamp_file(path: Path) -> list[Question]:
     out = []
     for i, row in enumerate(rows):
         _require(row, ("ID", "Body", "Question", "Answer"), f"{path}: item {i}")
-        text = f"{row['Body'].strip()} {row['Question'].strip()}"
-        out.append(Question(f"svamp-{row['ID']}", text, answer=normalize_gold(row["Answer"], "math"), task="math"))
+        text = f"{str(row['Body']).strip()} {str(row['Question']).strip()}"
+        out.append(
+            Question(
+                f"svamp-{row['ID']}",
+                _question_text(text, f"{path}: item {i}"),
+                answer=normalize_gold(row["Answer"], "math"),
+                task="math",
+            )
+        )
     return out
 
 
@@ -160,7 +180,7 @@ def _asdiv_file(path: Path) -> list[Question]:
         out.append(
             Question(
                 f"asdiv-{problem.get('ID')}",
-                text.strip(),
+                _question_text(text, f"{path}: problem {problem.get('ID')}"),
                 answer=normalize_gold(numeric.group(), "math"),
                 task="math",
                 choices=None,
@@ -176,7 +196,7 @@ def _csqa_file(path: Path, with_answers: bool = True) -> list[Question]:
         _require(row, ("id", "question"), f"{path}:{i + 1}")
         q = row["question"]
         choices = [c["text"] for c in sorted(q["choices"], key=lambda c: c["label"])]
-        text = csqa_question_text(q["stem"], choices)
+        text = csqa_question_text(_question_text(q["stem"], f"{path}:{i + 1}"), choices)
         answer = row.get("answerKey", "") if with_answers else ""
         out.append(Question(f"csqa-{row['id']}", text, answer=answer, task="choice", choices=choices))
     return out
