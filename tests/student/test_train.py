@@ -143,10 +143,23 @@ def test_resume_skips_a_checkpoint_left_half_written(tmp_path, tiny_t5, damage, 
     assert "skipping" in caplog.text and "checkpoint-6" in caplog.text
 
 
-def test_a_full_disk_while_checkpointing_is_a_clear_error_and_resumable(tmp_path, tiny_t5, monkeypatch):
-    """The disk fills up while checkpoint-6 is written: one error naming the folder and the space a
-    checkpoint needs, the half-written checkpoint removed, checkpoint-3 intact, and a rerun resumes."""
-    import errno
+class SafetensorError(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "disk_full",
+    [
+        OSError(28, "No space left on device"),
+        RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file data/0"),
+        SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space" })'),
+    ],
+    ids=["oserror", "torch", "safetensors"],
+)
+def test_a_full_disk_while_checkpointing_is_a_clear_error_and_resumable(tmp_path, tiny_t5, monkeypatch, disk_full):
+    """The disk fills up while checkpoint-6 is written, whichever library notices: one error naming the
+    folder and the space a checkpoint needs, the half-written checkpoint removed, checkpoint-3 intact,
+    and a rerun resumes."""
 
     from transformers import Trainer
 
@@ -162,7 +175,7 @@ def test_a_full_disk_while_checkpointing_is_a_clear_error_and_resumable(tmp_path
             partial = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
             partial.mkdir(parents=True)
             (partial / "model.safetensors").write_bytes(b"\x10\x00")
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise disk_full
         return save(self, model, trial)
 
     monkeypatch.setattr(Trainer, "_save_checkpoint", save_until_the_disk_is_full)

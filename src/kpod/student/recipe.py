@@ -109,6 +109,23 @@ class DiskFullError(OSError):
     """The disk filled up while training wrote a checkpoint or the student."""
 
 
+# how a full disk reads when it is not a plain OSError: safetensors' Rust error, torch's zip writer
+_DISK_FULL_TEXT = ("No space left on device", "StorageFull", "PytorchStreamWriter failed writing file")
+
+
+def caused_by_full_disk(exc: BaseException | None) -> bool:
+    """Whether the disk filling up is what raised `exc`, whichever library raised it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if any(text in str(exc) for text in _DISK_FULL_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def disk_full_message(checkpoints: Path) -> str:
     """Remove the checkpoint left half-written, and say how much space a checkpoint needs and which
     complete one a rerun resumes from."""
@@ -179,8 +196,8 @@ def train_student(cfg: KPODConfig, splits: DatasetSplits | None = None, model_pa
     start = time.time()
     try:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
+    except Exception as exc:
+        if not caused_by_full_disk(exc):
             raise
         raise DiskFullError(disk_full_message(paths.checkpoints)) from None
     seconds = time.time() - start
