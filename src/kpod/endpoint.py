@@ -42,6 +42,7 @@ class ResponseCache:
     """Answered requests, committed one by one (WAL, synchronous=FULL), safe under kill -9."""
 
     def __init__(self, path: Path, what: str = "response cache", rerun: str = "rerun the command"):
+        self.path, self.what, self.rerun = path, what, rerun
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -52,17 +53,40 @@ class ResponseCache:
             )
             self.db.execute("SELECT count(*) FROM responses").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise DataError(
-                f"{path}: damaged {what} ({exc}); move it away and {rerun} (the answers it held "
-                "are then requested, and paid for, again)"
-            ) from None
+            raise self._damaged(exc) from None
 
     def get(self, key: str) -> dict | None:
-        row = self.db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        try:
+            row = self.db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
+        if row is None:
+            return None
+        try:
+            response = json.loads(row[0])
+        except (TypeError, ValueError):
+            response = None
+        if not isinstance(response, dict):
+            raise DataError(
+                f"{self.path}: row with key {key} is not a JSON object ({str(row[0])[:60]!r}); delete that row "
+                f"(sqlite3 {self.path} \"DELETE FROM responses WHERE key = '{key}'\") and {self.rerun}: only it is "
+                "requested again"
+            )
+        return response
 
     def put(self, key: str, response: dict) -> None:
-        self.db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?)", (key, json.dumps(response), time.time()))
+        try:
+            self.db.execute(
+                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?)", (key, json.dumps(response), time.time())
+            )
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
+
+    def _damaged(self, exc: Exception) -> DataError:
+        return DataError(
+            f"{self.path}: damaged {self.what} ({exc}); move it away and {self.rerun} (the answers it held are "
+            "then requested, and paid for, again)"
+        )
 
     def __len__(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
