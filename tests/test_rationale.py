@@ -93,3 +93,10 @@ def test_hedged_choice_answers_take_the_first_choice_named():
     assert extract_answer("The answer is either bank or park.", "choice", choices) == "A"
     # without the trigger, the option named last still wins
     assert extract_answer("Not the bank; people read in a library.", "choice", choices) == "B"
+    # zero-shot-CoT's hedges: the first option letter after the trigger, as its answer cleansing takes
+    assert extract_answer("So the answer is probably A or C.", "choice", choices) == "A"
+    assert extract_answer("Therefore, the answer is most likely A, B, or D.", "choice", choices) == "A"
+    assert extract_answer("the answer is either A or B.", "choice", choices) == "A"
+    assert extract_answer("the answer is (probably) C, but maybe E.", "choice", choices) == "C"
+    # a capital inside a word or an article is no option letter
+    assert extract_answer("the answer is But not sure. A lot say E", "choice", choices) == "E"

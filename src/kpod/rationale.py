@@ -181,7 +181,9 @@ def normalize_gold(answer: str | float | int, task: Task) -> str:
 
 
 _LETTER_AFTER_TRIGGER = re.compile(r"^\s*:?\s*\(?([A-Ea-e])\)?(?![A-Za-z])")
-_LETTER = re.compile(r"\(([A-E])\)|(?<![A-Za-z'])([A-E])(?![A-Za-z'])(?!\s+[a-z])")
+# an option letter stands alone; "A" before a lower-case word is an article ("A lot"), unless that word
+# joins options ("A or C", "A and B", "B is")
+_LETTER = re.compile(r"\(([A-E])\)|(?<![A-Za-z'])([A-E])(?![A-Za-z'])(?!\s+(?!(?:or|and|nor|but|is|seems)\b)[a-z])")
 
 
 def _final_statement_number(text: str) -> str | None:
@@ -206,9 +208,10 @@ def extract_answer(
     Math: the first number after the last "the answer is"; without that phrase, the result of the
     final statement (the number after its last "=", else its first number), or with
     fallback="last_number" the last number in the text (the MCC-KD evaluator's rule).
-    Choice: the letter after "the answer is", else the option named first after it (a hedged
-    "the answer is A or C" takes A, as zero-shot-CoT answer cleansing does), else the last
-    standalone option letter, else the option whose text is named last. Returns None when nothing answer-like is found.
+    Choice: the first standalone option letter after the last "the answer is" (a hedged "the answer
+    is probably A or C" takes A, as zero-shot-CoT's answer cleansing does, but "But" holds no B),
+    else the option whose text is named first after it, else the last standalone option letter,
+    else the option whose text is named last. Returns None when nothing answer-like is found.
     """
     lowered = text.lower()
     trigger = lowered.rfind(ANSWER_TRIGGER)
@@ -225,6 +228,9 @@ def extract_answer(
         m = _LETTER_AFTER_TRIGGER.match(after)
         if m:
             return m.group(1).upper()
+        hedged = _LETTER.search(after)
+        if hedged:
+            return hedged.group(1) or hedged.group(2)
         if choices:  # a hedged answer ("the answer is bank or library") takes the first choice named
             named = _named_choice(after.lower(), choices, first=True)
             if named:
