@@ -8,6 +8,7 @@ import typing
 from pathlib import Path
 
 import pytest
+from conftest import TINY_RUN_SETTINGS
 
 from kpod import pipeline
 from kpod.config import KPODConfig, leaf_fields, load_config
@@ -121,3 +122,68 @@ def test_every_config_field_is_read_somewhere():
     source = "\n".join(p.read_text() for p in Path(pipeline.__file__).parent.rglob("*.py") if p.name != "config.py")
     unread = [d for d in leaf_fields(KPODConfig) if not re.search(rf"\.{d.split('.')[-1]}\b", source)]
     assert not unread, f"config fields nothing reads: {unread}"
+
+
+def test_readers_of_a_stage_output_refuse_it_when_stale(finished_tiny_run, tmp_path):
+    """report, faithfulness, show_weights and export read the weights only while they still hold: after
+    the rationales were regenerated their offsets would land on other text."""
+    from kpod.cli import main
+    from kpod.export import export_weights
+    from kpod.report import write_report
+    from kpod.weighting.faithfulness import measure_faithfulness
+    from kpod.weighting.view import show_weights
+
+    run, _ = finished_tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    write_report(copy)  # fresh: reads fine
+    rationales = copy / "rationales/train.jsonl"
+    rows = rationales.read_text().splitlines()
+    rationales.write_text("\n".join(rows[1:] + rows[:1]) + "\n")  # the same rationales in another order
+    stale = r"weights\.jsonl is out of date: rationales/train\.jsonl changed"
+    for read in (
+        lambda: write_report(copy),
+        lambda: measure_faithfulness(copy, progress=False),
+        lambda: show_weights(copy),
+        lambda: export_weights(copy, tmp_path / "w.parquet"),
+    ):
+        with pytest.raises(pipeline.StaleInputError, match=stale):
+            read()
+    assert main(["report", str(copy)]) == 2
+
+
+def test_a_hand_run_stage_checks_the_whole_chain_above_it(finished_tiny_run, tmp_path):
+    """train reads the schedule, whose cluster record holds; but the difficulties under it were
+    computed at another student.max_target_tokens."""
+    run, overrides = finished_tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    overrides = [o for o in overrides if not o.startswith("output_dir=")] + [f"output_dir={copy}"]
+    with pytest.raises(
+        pipeline.StaleInputError,
+        match=r"difficulties\.jsonl is out of date for this config: student\.max_target_tokens changed",
+    ):
+        pipeline.train(load_config(overrides=overrides + ["student.max_target_tokens=200"]))
+
+
+def test_inputs_outside_the_run_folder_are_fingerprinted(tmp_path, tiny_llama, data_dir, monkeypatch):
+    """A base model folder changed in place, and a dataset folder given through KPOD_DATA_DIR whose files
+    changed, make the stages that read them stale; the same files elsewhere do not."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama, model)
+    data = tmp_path / "data"
+    shutil.copytree(data_dir / "gsm8k", data / "gsm8k")
+    shutil.copytree(data_dir / "splits_mcc_kd" / "GSM8K", data / "splits_mcc_kd" / "GSM8K")
+    monkeypatch.setenv("KPOD_DATA_DIR", str(data))
+    cfg = load_config(overrides=TINY_RUN_SETTINGS + [f"student.model={model}", f"output_dir={tmp_path / 'run'}"])
+    pipeline.generate(cfg)
+    pipeline.train_token_weighting(cfg)
+    manifest = pipeline.read_manifest(cfg.run_dir)
+    assert pipeline.why_stale(cfg, "generate", manifest) is None
+    assert pipeline.why_stale(cfg, "train_token_weighting", manifest) is None
+    with (data / "gsm8k/test.jsonl").open("a") as f:
+        f.write('{"question": "One more?", "answer": "1 #### 1"}\n')
+    assert f"{data / 'gsm8k'} changed" in pipeline.why_stale(cfg, "generate", manifest)
+    weights = next(model.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # rewritten in place: same name and size, new time
+    assert f"{model} changed" in pipeline.why_stale(cfg, "train_token_weighting", manifest)

@@ -19,6 +19,7 @@ from kpod.data.datasets import DataError
 from kpod.layout import DistillExample, split_texts
 from kpod.models import STUDENT_INFO, load_tokenizer, load_trained_student, merge_adapter
 from kpod.rationale import ANSWER_SENTENCE, PROMPT_TEMPLATE
+from kpod.records import require_fresh
 
 CITATION = """@inproceedings{feng2024keypoint,
   title     = {Keypoint-based Progressive Chain-of-Thought Distillation for LLMs},
@@ -35,6 +36,7 @@ def export_student(run_dir: str | Path, out: str | Path, merge: bool = False, pu
 
     paths, out = RunPaths(run_dir), Path(out)
     check_export_target(out, paths.root)
+    require_fresh(paths.root, "train")
     info = read_json(paths.student / STUDENT_INFO, "train the student first (`kpod train`)", ("base_model",))
     config = _run_config(paths)
     model = load_trained_student(paths.student)
@@ -205,6 +207,8 @@ def export_weights(run_dir: str | Path, out: str | Path) -> dict:
     import datasets
 
     paths, out = RunPaths(run_dir), Path(out)
+    require_fresh(paths.root, "train_token_weighting")
+    require_fresh(paths.root, "cluster")
     weights = read_weights(paths.weights)
     schedule = {}
     if paths.schedule.is_file():

@@ -21,9 +21,17 @@ from pathlib import Path
 
 import yaml
 
-from kpod.artifacts import RunPaths, read_json, write_json, write_jsonl
+from kpod.artifacts import RunPaths, write_json, write_jsonl
 from kpod.config import KPODConfig, record_reads
 from kpod.data.datasets import DataError, DatasetSplits, load_dataset_splits
+from kpod.records import (  # noqa: F401 - NOT_INPUTS, StaleInputError: part of the pipeline's interface
+    NOT_INPUTS,
+    StaleInputError,
+    check_upstream,
+    current_inputs,
+    read_manifest,
+    why_stale,
+)
 from kpod.runlock import run_folder_lock
 
 log = logging.getLogger("kpod")
@@ -224,145 +232,6 @@ def _trained_dataset(paths: RunPaths) -> str | None:
     return (yaml.safe_load(snapshot.read_text()) or {}).get("dataset")
 
 
-# ---------------------------------------------------------------- what each stage read
-
-# where files and logs go, not what a stage computes
-NOT_INPUTS = {"output_dir", "report_to"}
-
-
-class StaleInputError(DataError):
-    """A stage's input file was computed from other settings or files than the ones in force now."""
-
-
-def _input_files(cfg: KPODConfig, stage: str) -> list[Path]:
-    """The run-folder files a stage reads (the config fields it reads are recorded while it runs)."""
-    p = RunPaths(cfg.run_dir)
-    c = cfg.snapshot()
-    if stage == "generate":
-        path = c["teacher"]["import_path"]
-        return [Path(path)] if c["teacher"]["kind"] == "file" and path else []
-    if stage == "train_token_weighting":
-        return [p.rationales("train")]
-    if stage == "calculate_difficulties":
-        return [p.rationales("train")] + ([p.weights] if c["difficulty"]["use_weights"] else [])
-    if stage == "cluster":
-        return [p.rationales("train")] + ([p.difficulties] if p.difficulties.is_file() else [])
-    if stage == "train":
-        if c["method"] == "std-cot":
-            return [p.rationales("train")]
-        weights = [] if c["train"]["uniform_weights"] else [p.weights]
-        schedule = [p.schedule] if c["schedule"]["progressive"] else []
-        return [p.rationales("train")] + weights + schedule
-    return []
-
-
-def _outputs(cfg: KPODConfig, stage: str) -> list[Path]:
-    p = RunPaths(cfg.run_dir)
-    if stage.startswith("evaluate/"):
-        return [p.eval_dir(stage.split("/", 1)[1]) / "metrics.json"]
-    return {
-        "generate": [p.rationales("train")],
-        "train_token_weighting": [p.weights],
-        "calculate_difficulties": [p.difficulties],
-        "cluster": [p.clusters],
-        "train": [p.student / "kpod_student.json"],
-    }[stage]
-
-
-_PRODUCERS = {
-    "rationales": "generate",
-    "weights": "train_token_weighting",
-    "difficulty": "calculate_difficulties",
-    "schedule": "cluster",
-}
-
-
-def _digest(path: Path) -> str:
-    if not path.exists():
-        return "missing"
-    if path.is_dir():
-        # a folder (the student) by its files' names, sizes and modification times: a retrained student is
-        # re-evaluated even when its settings are unchanged, without reading gigabytes to hash them
-        state = [
-            (str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
-            for f in sorted(path.rglob("*"))
-            if f.is_file()
-        ]
-        return hashlib.sha256(json.dumps(state).encode()).hexdigest()[:16]
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def _current_inputs(cfg: KPODConfig, stage: str, arguments: dict) -> dict:
-    files = _input_files(cfg, stage)
-    if stage.startswith("evaluate/") and arguments.get("model_path") is None:
-        files = [RunPaths(cfg.run_dir).student]
-    root = RunPaths(cfg.run_dir).root
-    # run-folder files by their place in the folder, so that a moved or copied run folder stays valid
-    return {str(f.relative_to(root)) if f.is_relative_to(root) else str(f): _digest(f) for f in files}
-
-
-def read_manifest(run_dir: Path) -> dict:
-    path = RunPaths(run_dir).manifest
-    if not path.is_file():
-        return {}
-    manifest = read_json(path, "delete it: every stage then reruns once")
-    if isinstance(manifest, dict) and all(isinstance(v, str) for v in manifest.values()):
-        log.warning(
-            "%s was written by an older kpod (no record of what each stage read): every stage reruns once", path
-        )
-        return {}
-    if not isinstance(manifest, dict) or any(not isinstance(v, dict) for v in manifest.values()):
-        raise DataError(
-            f"{path}: not a stage manifest written by this version of kpod; delete it (every stage then reruns once)"
-        )
-    return manifest
-
-
-def why_stale(cfg: KPODConfig, stage: str, manifest: dict, arguments: dict | None = None) -> str | None:
-    """None when the stage's recorded run still holds for this config and these input files, else why not."""
-    record = manifest.get(stage)
-    if record is None or "reads" not in record:
-        return "it has not run in this folder"
-    missing = [str(o) for o in _outputs(cfg, stage) if not o.is_file()]
-    if missing:
-        return f"its output {missing[0]} is missing"
-    for dotted, value in record["reads"].items():
-        try:
-            now = cfg.value_at(dotted)
-        except KeyError:
-            return f"{dotted} is no longer a setting"
-        if now != value:
-            return f"{dotted} changed ({value!r} -> {now!r})"
-    if arguments is not None and record.get("arguments", {}) != arguments:
-        return f"its arguments changed ({record.get('arguments')} -> {arguments})"
-    now_inputs = _current_inputs(cfg, stage, record.get("arguments", {}))
-    for name, digest in now_inputs.items():
-        if record["inputs"].get(name) != digest:
-            return f"{name} changed since it ran"
-    return None
-
-
-def _check_upstream(cfg: KPODConfig, stage: str, manifest: dict) -> None:
-    """A stage run by hand refuses input files computed from other settings or older files than now."""
-    for path in _input_files(cfg, stage):
-        producer = _PRODUCERS.get(path.parent.name) if path.parent.parent == RunPaths(cfg.run_dir).root else None
-        if producer is None or not path.is_file():
-            continue
-        if producer not in manifest:
-            log.warning("%s has no record of how it was made (an older run folder or a copied file): used as is", path)
-            continue
-        reason = why_stale(cfg, producer, manifest)
-        if reason:
-            raise StaleInputError(
-                f"{path} is out of date for this config: {reason}. Run `kpod {producer}` "
-                f"(or `kpod full_pipeline`, which reruns what is stale) first"
-            )
-
-
 @contextlib.contextmanager
 def recorded_stage(cfg: KPODConfig, stage: str, arguments: dict | None = None):
     """Run a stage while recording the config fields it reads; on success write its record (fields and
@@ -377,8 +246,8 @@ def recorded_stage(cfg: KPODConfig, stage: str, arguments: dict | None = None):
 
 def _recorded(cfg: KPODConfig, stage: str, arguments: dict, paths: RunPaths):
     manifest = read_manifest(paths.root)
-    _check_upstream(cfg, stage, manifest)
-    inputs = _current_inputs(cfg, stage, arguments)
+    check_upstream(cfg, stage, manifest)
+    inputs = current_inputs(cfg, stage, arguments)
     main_process = int(os.environ.get("RANK", "0")) == 0
     if stage == "train":
         _discard_foreign_checkpoints(

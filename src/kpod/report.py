@@ -16,6 +16,7 @@ import yaml
 
 from kpod.artifacts import RunPaths, atomic_write_text, read_json
 from kpod.data.datasets import read_jsonl
+from kpod.records import require_fresh
 from kpod.weighting.view import HTML_STYLE, html_block, weight_examples
 
 # Paper Table 1 (KPOD rows), accuracy in %.
@@ -132,6 +133,8 @@ def write_report(run_dir: str | Path) -> Path:
     paths = RunPaths(run_dir)
     if not paths.root.is_dir():
         raise FileNotFoundError(f"{paths.root}: run folder not found")
+    for stage in ("train_token_weighting", "cluster", "train"):
+        require_fresh(paths.root, stage)
     config = next(
         (
             yaml.safe_load(p.read_text())

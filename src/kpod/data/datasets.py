@@ -210,6 +210,16 @@ def csqa_question_text(stem: str, choices: list[str]) -> str:
 # ---------------------------------------------------------------- splits
 
 
+_OFFICIAL_FOLDER = {"gsm8k": "gsm8k", "svamp": "svamp", "asdiv": "asdiv", "commonsenseqa": "csqa"}
+
+
+def dataset_folders(name: str, root: Path, split_source: str = "mcc_kd") -> list[Path]:
+    """The folders of `root` that a dataset's questions are read from."""
+    name = canonical_dataset(name)
+    folders = [Path(root) / _OFFICIAL_FOLDER[name]]
+    return folders + ([Path(root) / "splits_mcc_kd" / _MCC_KD_FOLDER[name]] if split_source == "mcc_kd" else [])
+
+
 def _official(name: str, root: Path) -> DatasetSplits:
     if name == "gsm8k":
         return DatasetSplits(

@@ -26,6 +26,7 @@ from kpod.data.datasets import DataError, read_jsonl
 from kpod.layout import DistillCollator, source_target_item, token_nll
 from kpod.models import is_seq2seq, load_model, load_tokenizer
 from kpod.rationale import ANSWER_CUE, QUESTION_SEPARATOR
+from kpod.records import require_fresh
 
 VARIANTS = ("top", "bottom", "heuristic", "random")
 
@@ -135,6 +136,7 @@ def measure_faithfulness(
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be between 0 and 1, not {fraction}")
     paths = RunPaths(run_dir)
+    require_fresh(paths.root, "train_token_weighting")
     weights = heldout_weights(paths, limit)
     judge_name = judge or _student_of(paths)
     scorer = Judge(judge_name, batch_size)

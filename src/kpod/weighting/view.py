@@ -6,6 +6,7 @@ import html
 from pathlib import Path
 
 from kpod.artifacts import RunPaths, rationale_key, read_rationales, read_weights
+from kpod.records import require_fresh
 
 
 def _segments(rationale: str, offsets: list[tuple[int, int]], weights: list[float]) -> list[tuple[str, float | None]]:
@@ -72,6 +73,7 @@ def _ranked_segments(rationale: str, offsets, weights):
 
 def weight_examples(run_dir: str | Path, n: int = 3) -> list[tuple[dict, list, list]]:
     paths = RunPaths(run_dir)
+    require_fresh(paths.root, "train_token_weighting")
     rows = read_rationales(paths.rationales("train"), include_incorrect=True)
     weights = read_weights(paths.weights)
     out = []

@@ -1,0 +1,212 @@
+"""What each stage read, in `stages.json`, and whether that record still holds.
+
+A stage's record holds the config fields it read (with their values), the digests of the files it
+read (run-folder files by their place in the folder; the dataset's folders and a local base model by
+their files' names, sizes and modification times) and its arguments. A record no longer holds when
+any of these changed. Stages run by hand, and commands that read a stage's output, check the whole
+chain of producers above what they read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from kpod.artifacts import RunPaths, read_json
+from kpod.config import KPODConfig
+from kpod.data.datasets import DataError, dataset_folders, default_data_dir
+
+log = logging.getLogger("kpod")
+
+# where files and logs go, not what a stage computes
+NOT_INPUTS = {"output_dir", "report_to"}
+
+
+class StaleInputError(DataError):
+    """A stage's input file was computed from other settings or files than the ones in force now."""
+
+
+def input_files(cfg: KPODConfig, stage: str) -> list[Path]:
+    """The files a stage reads, in the run folder and outside it (the imported rationales, the dataset's
+    folders, a local base model); the config fields it reads are recorded while it runs."""
+    return _run_folder_inputs(cfg, stage) + _outside_inputs(cfg, stage)
+
+
+def _outside_inputs(cfg: KPODConfig, stage: str) -> list[Path]:
+    c = cfg.snapshot()
+    files = []
+    if stage in ("generate", "train") or stage.startswith("evaluate/"):
+        root = Path(c["data"]["data_dir"]) if c["data"]["data_dir"] else default_data_dir()
+        if root is not None:
+            files += dataset_folders(c["dataset"], root, c["data"]["split_source"])
+    model = Path(c["student"]["model"])
+    if stage not in ("generate",) and model.is_dir():
+        files.append(model)
+    return files
+
+
+def _run_folder_inputs(cfg: KPODConfig, stage: str) -> list[Path]:
+    p = RunPaths(cfg.run_dir)
+    c = cfg.snapshot()
+    if stage == "generate":
+        path = c["teacher"]["import_path"]
+        return [Path(path)] if c["teacher"]["kind"] == "file" and path else []
+    if stage == "train_token_weighting":
+        return [p.rationales("train")]
+    if stage == "calculate_difficulties":
+        return [p.rationales("train")] + ([p.weights] if c["difficulty"]["use_weights"] else [])
+    if stage == "cluster":
+        return [p.rationales("train")] + ([p.difficulties] if p.difficulties.is_file() else [])
+    if stage == "train":
+        if c["method"] == "std-cot":
+            return [p.rationales("train")]
+        weights = [] if c["train"]["uniform_weights"] else [p.weights]
+        schedule = [p.schedule] if c["schedule"]["progressive"] else []
+        return [p.rationales("train")] + weights + schedule
+    return []
+
+
+def outputs(cfg: KPODConfig, stage: str) -> list[Path]:
+    p = RunPaths(cfg.run_dir)
+    if stage.startswith("evaluate/"):
+        return [p.eval_dir(stage.split("/", 1)[1]) / "metrics.json"]
+    return {
+        "generate": [p.rationales("train")],
+        "train_token_weighting": [p.weights],
+        "calculate_difficulties": [p.difficulties],
+        "cluster": [p.clusters],
+        "train": [p.student / "kpod_student.json"],
+    }[stage]
+
+
+_PRODUCERS = {
+    "rationales": "generate",
+    "weights": "train_token_weighting",
+    "difficulty": "calculate_difficulties",
+    "schedule": "cluster",
+}
+
+
+def _digest(path: Path) -> str:
+    if not path.exists():
+        return "missing"
+    if path.is_dir():
+        # a folder (the student) by its files' names, sizes and modification times: a retrained student is
+        # re-evaluated even when its settings are unchanged, without reading gigabytes to hash them
+        state = [
+            (str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+            for f in sorted(path.rglob("*"))
+            if f.is_file()
+        ]
+        return hashlib.sha256(json.dumps(state).encode()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def current_inputs(cfg: KPODConfig, stage: str, arguments: dict) -> dict:
+    """Each input's digest, by its place in the run folder or its own path."""
+    files = input_files(cfg, stage)
+    if stage.startswith("evaluate/") and arguments.get("model_path") is None:
+        files = [RunPaths(cfg.run_dir).student]
+    root = RunPaths(cfg.run_dir).root
+    # run-folder files by their place in the folder, so that a moved or copied run folder stays valid
+    return {str(f.relative_to(root)) if f.is_relative_to(root) else str(f): _digest(f) for f in files}
+
+
+def read_manifest(run_dir: Path) -> dict:
+    path = RunPaths(run_dir).manifest
+    if not path.is_file():
+        return {}
+    manifest = read_json(path, "delete it: every stage then reruns once")
+    if isinstance(manifest, dict) and all(isinstance(v, str) for v in manifest.values()):
+        log.warning(
+            "%s was written by an older kpod (no record of what each stage read): every stage reruns once", path
+        )
+        return {}
+    if not isinstance(manifest, dict) or any(not isinstance(v, dict) for v in manifest.values()):
+        raise DataError(
+            f"{path}: not a stage manifest written by this version of kpod; delete it (every stage then reruns once)"
+        )
+    return manifest
+
+
+def why_stale(cfg: KPODConfig, stage: str, manifest: dict, arguments: dict | None = None) -> str | None:
+    """None when the stage's recorded run still holds for this config and these input files, else why not."""
+    record = manifest.get(stage)
+    if record is None or "reads" not in record:
+        return "it has not run in this folder"
+    missing = [str(o) for o in outputs(cfg, stage) if not o.is_file()]
+    if missing:
+        return f"its output {missing[0]} is missing"
+    for dotted, value in record["reads"].items():
+        try:
+            now = cfg.value_at(dotted)
+        except KeyError:
+            return f"{dotted} is no longer a setting"
+        if now != value:
+            return f"{dotted} changed ({value!r} -> {now!r})"
+    if arguments is not None and record.get("arguments", {}) != arguments:
+        return f"its arguments changed ({record.get('arguments')} -> {arguments})"
+    now_inputs = current_inputs(cfg, stage, record.get("arguments", {}))
+    for name, digest in now_inputs.items():
+        if record["inputs"].get(name) != digest:
+            return f"{name} changed since it ran"
+    return None
+
+
+def check_upstream(cfg: KPODConfig, stage: str, manifest: dict) -> None:
+    """A stage run by hand refuses input files computed from other settings or older files than now,
+    all the way up: train refuses a schedule whose difficulties were computed at another length."""
+    problem = _stale_upstream(cfg, stage, manifest, seen=set())
+    if problem:
+        path, producer, reason = problem
+        raise StaleInputError(
+            f"{path} is out of date for this config: {reason}. Run `kpod {producer}` "
+            f"(or `kpod full_pipeline`, which reruns what is stale) first"
+        )
+
+
+def _stale_upstream(cfg: KPODConfig, stage: str, manifest: dict, seen: set) -> tuple[Path, str, str] | None:
+    root = RunPaths(cfg.run_dir).root
+    for path in _run_folder_inputs(cfg, stage):
+        producer = _PRODUCERS.get(path.parent.name) if path.parent.parent == root else None
+        if producer is None or producer in seen or not path.is_file():
+            continue
+        seen.add(producer)
+        if producer not in manifest:
+            log.warning("%s has no record of how it was made (an older run folder or a copied file): used as is", path)
+            continue
+        reason = why_stale(cfg, producer, manifest)
+        if reason:
+            return path, producer, reason
+        deeper = _stale_upstream(cfg, producer, manifest, seen)
+        if deeper:
+            return deeper
+    return None
+
+
+def require_fresh(run_dir: str | Path, stage: str) -> None:
+    """For commands that read a stage's output outside the pipeline (report, faithfulness, show_weights,
+    export): refuse the output when its record no longer holds for the stage's own settings, or
+    anything upstream of it changed since."""
+    from kpod.config import load_config
+
+    paths = RunPaths(run_dir)
+    manifest = read_manifest(paths.root)
+    snapshot = paths.config_snapshot(stage)
+    if stage not in manifest or not snapshot.is_file():
+        return  # an older run folder without records: read as it is
+    cfg = load_config(snapshot, {"output_dir": str(paths.root)})
+    reason = why_stale(cfg, stage, manifest)
+    problem = (outputs(cfg, stage)[0], stage, reason) if reason else _stale_upstream(cfg, stage, manifest, set())
+    if problem:
+        path, producer, reason = problem
+        raise StaleInputError(
+            f"{path} is out of date: {reason}. Rerun `kpod {producer} --output-dir {paths.root}` "
+            "(or `kpod full_pipeline`, which reruns what is stale) first"
+        )
