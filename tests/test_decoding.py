@@ -145,3 +145,35 @@ def test_generation_complete_needs_a_finished_sentence():
     assert generation_complete("So the answer is 5\n")
     assert generation_complete("It is 7.\nQ: ")
     assert not generation_complete("It is 7. Next")
+
+
+@pytest.mark.parametrize("tokenizer_name", ["llama", "smollm2", "flan-t5"])
+def test_stopping_decides_as_decoding_the_whole_continuation_would(data_dir, tokenizer_name):
+    """StopWhenComplete keeps each sequence's text by decoding only its new tokens; at every step of
+    real continuations (GPT-3.5 rationales, the answer sentence, then chatter or a next question, with
+    a prompt and padding before them) it stops exactly the rows that the whole decoded text would."""
+    from kpod.data import load_dataset_splits
+    from kpod.decoding import StopWhenComplete, generation_complete
+    from kpod.models import load_tokenizer
+    from kpod.rationale import answer_sentence
+    from kpod.teacher.importers import import_rationales
+
+    tokenizer = load_tokenizer(str(data_dir / "tokenizers" / tokenizer_name))
+    records, _ = import_rationales(
+        data_dir / "splits_mcc_kd/SVAMP/train.json", load_dataset_splits("svamp", data_dir).train, "mcc_kd"
+    )
+    tails = ["", "\nQ: Next? A: So the answer is 3.", " Then we are done. Really.", " 5.5 más café\n\nand €"]
+    texts = [f" {r['raw']} {answer_sentence(r['gold'])}{t}" for r, t in zip(records[:48:3], tails * 4)]
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    longest = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    prompt = torch.full((len(rows), 5), pad)
+    criterion = StopWhenComplete(tokenizer, prompt_length=5)
+    expected = [False] * len(rows)
+    for n in range(1, longest + 1):
+        step = torch.tensor([(r + [tokenizer.eos_token_id] * longest)[:n] for r in rows])
+        done = criterion(torch.cat([prompt, step], dim=1), None)
+        whole = [generation_complete(tokenizer.decode(s, skip_special_tokens=True)) for s in step.tolist()]
+        expected = [w or before for w, before in zip(whole, expected)]  # a row stays done, as generate keeps it
+        assert done.tolist() == expected, n
+    assert sum(expected) == 12  # all but the 4 that end with their answer sentence and nothing after it

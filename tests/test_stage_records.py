@@ -184,6 +184,8 @@ def test_inputs_outside_the_run_folder_are_fingerprinted(tmp_path, tiny_llama, d
     with (data / "gsm8k/test.jsonl").open("a") as f:
         f.write('{"question": "One more?", "answer": "1 #### 1"}\n')
     assert f"{data / 'gsm8k'} changed" in pipeline.why_stale(cfg, "generate", manifest)
+    record = pipeline.current_inputs(cfg, "evaluate/test", {"model_path": None})
+    assert {"student", str(data / "gsm8k"), str(data / "splits_mcc_kd/GSM8K"), str(model)} == set(record)
     weights = next(model.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes())  # rewritten in place: same name and size, new time
     assert f"{model} changed" in pipeline.why_stale(cfg, "train_token_weighting", manifest)

@@ -47,15 +47,44 @@ def generation_complete(text: str) -> bool:
 
 class StopWhenComplete(StoppingCriteria):
     """Ends each sequence of a batch as soon as its text is complete, so a student that keeps talking
-    after its answer (or a base model writing the next question) does not hold the batch to max_new_tokens."""
+    after its answer (or a base model writing the next question) does not hold the batch to max_new_tokens.
+
+    The text of each sequence grows by the new tokens' text only (incremental detokenisation: the
+    tokens since the last whole character are decoded with a few before them, and the difference is
+    the new text), so a step costs a few tokens' decoding per unfinished sequence, not the batch's
+    whole continuation."""
 
     def __init__(self, tokenizer, prompt_length: int):
         self.tokenizer = tokenizer
         self.prompt_length = prompt_length
+        self.texts: list[str] = []
+        self.offsets: list[tuple[int, int]] = []  # (prefix, read): decoded up to read, context from prefix
+        self.done: list[bool] = []
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
-        return torch.tensor([generation_complete(t) for t in texts], dtype=torch.bool, device=input_ids.device)
+        if not self.texts:
+            self.texts, self.offsets, self.done = (
+                [""] * len(input_ids),
+                [(0, 0)] * len(input_ids),
+                [False] * len(input_ids),
+            )
+        new = input_ids[:, self.prompt_length :].tolist()
+        for row, ids in enumerate(new):
+            if self.done[row]:
+                continue
+            self.texts[row] += self._new_text(row, ids)
+            self.done[row] = generation_complete(self.texts[row])
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+
+    def _new_text(self, row: int, ids: list[int]) -> str:
+        prefix, read = self.offsets[row]
+        decode = self.tokenizer.decode
+        before = decode(ids[prefix:read], skip_special_tokens=True)
+        after = decode(ids[prefix:], skip_special_tokens=True)
+        if len(after) <= len(before) or after.endswith("\ufffd"):  # no whole new character yet
+            return ""
+        self.offsets[row] = (read, len(ids))
+        return after[len(before) :]
 
 
 @torch.no_grad()

@@ -37,6 +37,8 @@ def input_files(cfg: KPODConfig, stage: str) -> list[Path]:
 def _outside_inputs(cfg: KPODConfig, stage: str) -> list[Path]:
     c = cfg.snapshot()
     files = []
+    if stage == "generate" and c["teacher"]["kind"] == "file" and c["teacher"]["import_path"]:
+        files.append(Path(c["teacher"]["import_path"]))
     if stage in ("generate", "train") or stage.startswith("evaluate/"):
         root = Path(c["data"]["data_dir"]) if c["data"]["data_dir"] else default_data_dir()
         if root is not None:
@@ -50,9 +52,6 @@ def _outside_inputs(cfg: KPODConfig, stage: str) -> list[Path]:
 def _run_folder_inputs(cfg: KPODConfig, stage: str) -> list[Path]:
     p = RunPaths(cfg.run_dir)
     c = cfg.snapshot()
-    if stage == "generate":
-        path = c["teacher"]["import_path"]
-        return [Path(path)] if c["teacher"]["kind"] == "file" and path else []
     if stage == "train_token_weighting":
         return [p.rationales("train")]
     if stage == "calculate_difficulties":
@@ -112,7 +111,7 @@ def current_inputs(cfg: KPODConfig, stage: str, arguments: dict) -> dict:
     """Each input's digest, by its place in the run folder or its own path."""
     files = input_files(cfg, stage)
     if stage.startswith("evaluate/") and arguments.get("model_path") is None:
-        files = [RunPaths(cfg.run_dir).student]
+        files = [RunPaths(cfg.run_dir).student, *files]
     root = RunPaths(cfg.run_dir).root
     # run-folder files by their place in the folder, so that a moved or copied run folder stays valid
     return {str(f.relative_to(root)) if f.is_relative_to(root) else str(f): _digest(f) for f in files}
