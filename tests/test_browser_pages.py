@@ -3,6 +3,7 @@ sections render, every figure loads, the token-weight view shows more than one s
 link to its comparison opens. `.ci/run` installs Chromium and sets KPOD_REQUIRE_BROWSER=1, so there
 the test cannot be skipped; elsewhere it is skipped when Chromium, chromedriver or selenium is missing."""
 
+import json
 import os
 import shutil
 
@@ -58,6 +59,10 @@ def test_report_and_comparison_render_in_chromium(finished_tiny_run, tmp_path):
     shutil.copytree(source, baseline)
     config = baseline / "configs/train.yaml"
     config.write_text(config.read_text().replace("method: kpod", "method: std-cot"))
+    predictions = baseline / "eval/test/predictions.jsonl"  # another run answers the first question otherwise
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    rows[0]["correct"] = not rows[0]["correct"]
+    predictions.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["compare", str(kpod_run), str(baseline), "--html", str(tmp_path / "compare.html")]) == 0
     assert main(["report", str(kpod_run)]) == 0
 
