@@ -2,8 +2,9 @@
 
 A stage's record holds the config fields it read (with their values), the digests of the files it
 read (run-folder files by their place in the folder; the dataset's folders and a local base model by
-their files' names, sizes and modification times) and its arguments. A record no longer holds when
-any of these changed. Stages run by hand, and commands that read a stage's output, check the whole
+their role, digested from their files' names, sizes and modification times) and its arguments. A
+record no longer holds when any of these changed; one made before kpod fingerprinted the dataset and
+the base model (no such keys) is trusted for them, so upgrading kpod reruns nothing. Stages run by hand, and commands that read a stage's output, check the whole
 chain of producers above what they read.
 """
 
@@ -28,25 +29,26 @@ class StaleInputError(DataError):
     """A stage's input file was computed from other settings or files than the ones in force now."""
 
 
-def input_files(cfg: KPODConfig, stage: str) -> list[Path]:
-    """The files a stage reads, in the run folder and outside it (the imported rationales, the dataset's
-    folders, a local base model); the config fields it reads are recorded while it runs."""
-    return _run_folder_inputs(cfg, stage) + _outside_inputs(cfg, stage)
-
-
-def _outside_inputs(cfg: KPODConfig, stage: str) -> list[Path]:
+def _outside_inputs(cfg: KPODConfig, stage: str) -> dict[str, Path]:
+    """Inputs outside the run folder, by role: a record stays valid when they move with their files, and
+    a record made before kpod fingerprinted them (no such key) is trusted."""
     c = cfg.snapshot()
-    files = []
+    files = {}
     if stage == "generate" and c["teacher"]["kind"] == "file" and c["teacher"]["import_path"]:
-        files.append(Path(c["teacher"]["import_path"]))
+        path, root = Path(c["teacher"]["import_path"]), RunPaths(cfg.run_dir).root
+        files[str(path.relative_to(root)) if path.is_relative_to(root) else str(path)] = path  # as records held it
     if stage in ("generate", "train") or stage.startswith("evaluate/"):
         root = Path(c["data"]["data_dir"]) if c["data"]["data_dir"] else default_data_dir()
         if root is not None:
-            files += dataset_folders(c["dataset"], root, c["data"]["split_source"])
+            for folder in dataset_folders(c["dataset"], root, c["data"]["split_source"]):
+                files[f"{ROLE_PREFIXES[0]}{folder.relative_to(root)}/"] = folder
     model = Path(c["student"]["model"])
-    if stage not in ("generate",) and model.is_dir():
-        files.append(model)
+    if stage != "generate" and model.is_dir():
+        files[ROLE_PREFIXES[1]] = model
     return files
+
+
+ROLE_PREFIXES = ("dataset ", "base model folder")
 
 
 def _run_folder_inputs(cfg: KPODConfig, stage: str) -> list[Path]:
@@ -108,13 +110,14 @@ def _digest(path: Path) -> str:
 
 
 def current_inputs(cfg: KPODConfig, stage: str, arguments: dict) -> dict:
-    """Each input's digest, by its place in the run folder or its own path."""
-    files = input_files(cfg, stage)
-    if stage.startswith("evaluate/") and arguments.get("model_path") is None:
-        files = [RunPaths(cfg.run_dir).student, *files]
+    """Each input's digest: run-folder files by their place in the folder (a moved or copied run folder
+    stays valid), the others by their role."""
     root = RunPaths(cfg.run_dir).root
-    # run-folder files by their place in the folder, so that a moved or copied run folder stays valid
-    return {str(f.relative_to(root)) if f.is_relative_to(root) else str(f): _digest(f) for f in files}
+    files = {str(f.relative_to(root)): f for f in _run_folder_inputs(cfg, stage)}
+    if stage.startswith("evaluate/") and arguments.get("model_path") is None:
+        files["student"] = RunPaths(cfg.run_dir).student
+    files.update(_outside_inputs(cfg, stage))
+    return {name: _digest(f) for name, f in files.items()}
 
 
 def read_manifest(run_dir: Path) -> dict:
@@ -153,6 +156,8 @@ def why_stale(cfg: KPODConfig, stage: str, manifest: dict, arguments: dict | Non
         return f"its arguments changed ({record.get('arguments')} -> {arguments})"
     now_inputs = current_inputs(cfg, stage, record.get("arguments", {}))
     for name, digest in now_inputs.items():
+        if name not in record["inputs"] and name.startswith(ROLE_PREFIXES):
+            continue  # recorded before kpod fingerprinted inputs outside the run folder
         if record["inputs"].get(name) != digest:
             return f"{name} changed since it ran"
     return None
