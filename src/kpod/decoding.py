@@ -57,34 +57,35 @@ class StopWhenComplete(StoppingCriteria):
     def __init__(self, tokenizer, prompt_length: int):
         self.tokenizer = tokenizer
         self.prompt_length = prompt_length
+        self.ids: list[list[int]] = []  # each sequence's continuation so far
         self.texts: list[str] = []
-        self.offsets: list[tuple[int, int]] = []  # (prefix, read): decoded up to read, context from prefix
+        self.offsets: list[tuple[int, int]] = []  # (prefix, read): text holds ids[:read]; decode from prefix
         self.done: list[bool] = []
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        if not self.texts:
-            self.texts, self.offsets, self.done = (
-                [""] * len(input_ids),
-                [(0, 0)] * len(input_ids),
-                [False] * len(input_ids),
+        if not self.ids:
+            rows = len(input_ids)
+            self.ids, self.texts, self.offsets, self.done = (
+                [[] for _ in range(rows)],
+                [""] * rows,
+                [(0, 0)] * rows,
+                [False] * rows,
             )
-        new = input_ids[:, self.prompt_length :].tolist()
-        for row, ids in enumerate(new):
-            if self.done[row]:
-                continue
-            self.texts[row] += self._new_text(row, ids)
-            self.done[row] = generation_complete(self.texts[row])
+        for row, new in enumerate(input_ids[:, self.prompt_length + len(self.ids[0]) :].tolist()):
+            self.ids[row].extend(new)
+        open_rows = [row for row in range(len(self.ids)) if not self.done[row]]
+        decode = self.tokenizer.batch_decode
+        windows = [
+            (self.ids[r][self.offsets[r][0] : self.offsets[r][1]], self.ids[r][self.offsets[r][0] :]) for r in open_rows
+        ]
+        before = decode([w[0] for w in windows], skip_special_tokens=True)
+        after = decode([w[1] for w in windows], skip_special_tokens=True)
+        for row, old, new in zip(open_rows, before, after):
+            if len(new) > len(old) and not new.endswith("\ufffd"):  # a whole new character at least
+                self.texts[row] += new[len(old) :]
+                self.offsets[row] = (self.offsets[row][1], len(self.ids[row]))
+                self.done[row] = generation_complete(self.texts[row])
         return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
-
-    def _new_text(self, row: int, ids: list[int]) -> str:
-        prefix, read = self.offsets[row]
-        decode = self.tokenizer.decode
-        before = decode(ids[prefix:read], skip_special_tokens=True)
-        after = decode(ids[prefix:], skip_special_tokens=True)
-        if len(after) <= len(before) or after.endswith("\ufffd"):  # no whole new character yet
-            return ""
-        self.offsets[row] = (read, len(ids))
-        return after[len(before) :]
 
 
 @torch.no_grad()
