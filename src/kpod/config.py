@@ -345,8 +345,11 @@ class StudentConfig(_Section):
     max_target_tokens: int = Field(
         384, ge=8, description="Longest target (output steps + answer sentence); longer ones are truncated and counted."
     )
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
-        "float32", description="Weights dtype when loading."
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = Field(
+        None,
+        description="Precision of every model kpod runs (student, reasoner, judge). None: bfloat16 on a GPU "
+        "that supports it, float32 otherwise. Weights trained whole stay float32 and run under autocast. "
+        "'auto': the checkpoint's dtype.",
     )
 
 

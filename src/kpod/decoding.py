@@ -14,6 +14,7 @@ from accelerate.utils.memory import release_memory, should_reduce_batch_size
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from kpod import placement
 from kpod.data.datasets import Question
 from kpod.models import is_seq2seq
 from kpod.parallel import map_across_processes, process_state
@@ -151,8 +152,9 @@ def evaluate_questions(
 ) -> tuple[dict, list[dict]]:
     """(metrics, predictions). Data-parallel when several processes run under accelerate/torchrun."""
     state = process_state()
-    if next(model.parameters()).device != state.device:
-        model.to(state.device)
+    where = placement.device()
+    if next(model.parameters()).device != where:
+        model.to(where)
     prompts = [format_prompt(q.question) for q in questions]
     texts = map_across_processes(
         state,

@@ -39,7 +39,7 @@ def export_student(run_dir: str | Path, out: str | Path, merge: bool = False, pu
     require_fresh(paths.root, "train")
     info = read_json(paths.student / STUDENT_INFO, "train the student first (`kpod train`)", ("base_model",))
     config = _run_config(paths)
-    model = load_trained_student(paths.student)
+    model = load_trained_student(paths.student)  # on the CPU, in float32: saved, not run
     tokenizer = load_tokenizer(str(paths.student))
     adapter = bool(info.get("adapter"))
     if merge:

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from kpod import placement
+
 log = logging.getLogger(__name__)
 
 SMOLLM2_ALIASES = {"smollm2", "smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -83,15 +85,15 @@ def is_seq2seq(model_or_config) -> bool:
     return bool(getattr(config, "is_encoder_decoder", False))
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-
-
-def load_model(name: str, dtype: str = "float32"):
+def load_model(name: str, dtype: str | None = None, *, trained_whole: bool = False, placed: bool = True):
     """A seq2seq or causal LM from a hub id or folder; a folder written by `kpod train` (base +
-    adapter) is loaded with its adapter applied."""
+    adapter) is loaded with its adapter applied. Loaded straight in the dtype of kpod.placement's rule
+    and, when `placed`, moved to this process's device (placed=False: on the CPU, for reading or
+    saving weights without running them)."""
     path = Path(name)
+    dtype = "float32" if trained_whole else placement.dtype_name(dtype)
     if (path / STUDENT_INFO).is_file():
-        return load_trained_student(path, dtype)
+        return _placed(load_trained_student(path, dtype), placed)
     resolved = resolve_model_name(name)
     try:
         config = AutoConfig.from_pretrained(resolved)
@@ -103,12 +105,27 @@ def load_model(name: str, dtype: str = "float32"):
             f"save_pretrained or `kpod train`, or a hub id such as google/flan-t5-large ({type(exc).__name__})"
         ) from None
     cls = AutoModelForSeq2SeqLM if is_seq2seq(config) else AutoModelForCausalLM
-    return cls.from_pretrained(resolved, dtype=_DTYPES[dtype])
+    return _placed(cls.from_pretrained(resolved, dtype=_torch_dtype(dtype)), placed)
 
 
-def load_student(name: str, dtype: str = "float32", adapter: str | Path | None = None):
-    """(model, tokenizer). `adapter`: a PEFT adapter folder to apply on top of `name`."""
-    model = load_model(name, dtype)
+def _torch_dtype(name: str):
+    return "auto" if name == "auto" else placement.DTYPES[name]
+
+
+def _placed(model, placed: bool):
+    return model.to(placement.device()) if placed else model
+
+
+def load_student(
+    name: str,
+    dtype: str | None = None,
+    adapter: str | Path | None = None,
+    *,
+    trained_whole: bool = False,
+    placed: bool = True,
+):
+    """(model, tokenizer), placed by kpod.placement's rule. `adapter`: a PEFT adapter folder to apply on top of `name`."""
+    model = load_model(name, dtype, trained_whole=trained_whole, placed=placed)
     if adapter is not None:
         model = apply_adapter(model, Path(adapter), base_name=name)
     return model, load_tokenizer(name)
@@ -169,9 +186,10 @@ def fingerprint_mismatch(expected: dict, found: dict) -> str | None:
 
 
 def load_trained_student(folder: Path, dtype: str = "float32"):
+    """A student folder written by `kpod train`, on the CPU (load_model places it)."""
     info = json.loads((folder / STUDENT_INFO).read_text())
     if info.get("adapter"):
-        base = load_model(info["base_model"], dtype)
+        base = load_model(info["base_model"], dtype, placed=False)
         expected = info.get("base_fingerprint")
         problem = expected and fingerprint_mismatch(expected, base_fingerprint(base))
         if problem:
@@ -181,7 +199,7 @@ def load_trained_student(folder: Path, dtype: str = "float32"):
             )
         return apply_adapter(base, folder, base_name=info["base_model"])
     cls = AutoModelForSeq2SeqLM if info.get("seq2seq") else AutoModelForCausalLM
-    return cls.from_pretrained(folder, dtype=_DTYPES[dtype])
+    return cls.from_pretrained(folder, dtype=_torch_dtype(dtype))
 
 
 def save_trained_student(model, tokenizer, folder: Path, base_model: str) -> None:

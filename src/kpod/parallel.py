@@ -6,16 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-import torch
+from kpod.placement import process_state
+
+__all__ = ["map_across_processes", "process_state"]
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
-
-
-def process_state():
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())  # gloo across CPU processes under torchrun
 
 
 def map_across_processes(state, run: Callable[[list[Item]], list[Result]], items: list[Item]) -> list[Result]:

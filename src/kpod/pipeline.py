@@ -29,6 +29,7 @@ from kpod.records import (  # noqa: F401 - NOT_INPUTS, StaleInputError: part of 
     StaleInputError,
     check_upstream,
     current_inputs,
+    effective_value,
     read_manifest,
     why_stale,
 )
@@ -258,7 +259,7 @@ def _recorded(cfg: KPODConfig, stage: str, arguments: dict, paths: RunPaths):
     with record_reads() as reads:
         yield
     if main_process:
-        recorded = {d: cfg.value_at(d) for d in sorted(reads - NOT_INPUTS)}
+        recorded = {d: effective_value(cfg, d) for d in sorted(reads - NOT_INPUTS)}
         manifest = read_manifest(paths.root)
         manifest[stage] = {"reads": recorded, "inputs": inputs, "arguments": arguments}
         write_json(paths.manifest, manifest)

@@ -15,6 +15,7 @@ import json
 import logging
 from pathlib import Path
 
+from kpod import placement
 from kpod.artifacts import RunPaths, read_json
 from kpod.config import KPODConfig
 from kpod.data.datasets import DataError, dataset_folders, default_data_dir
@@ -120,6 +121,17 @@ def current_inputs(cfg: KPODConfig, stage: str, arguments: dict) -> dict:
     return {name: _digest(f) for name, f in files.items()}
 
 
+# settings whose meaning depends on the machine: recorded and compared as what they resolved to (the
+# default dtype is float32 on a CPU, as before it was a rule, so records made then still hold there)
+_RESOLVED = {"student.dtype": placement.dtype_name}
+
+
+def effective_value(cfg: KPODConfig, dotted: str):
+    """A config field's value as a stage computes with it."""
+    value = cfg.value_at(dotted)
+    return _RESOLVED[dotted](value) if dotted in _RESOLVED else value
+
+
 def read_manifest(run_dir: Path) -> dict:
     path = RunPaths(run_dir).manifest
     if not path.is_file():
@@ -147,7 +159,7 @@ def why_stale(cfg: KPODConfig, stage: str, manifest: dict, arguments: dict | Non
         return f"its output {missing[0]} is missing"
     for dotted, value in record["reads"].items():
         try:
-            now = cfg.value_at(dotted)
+            now = effective_value(cfg, dotted)
         except KeyError:
             return f"{dotted} is no longer a setting"
         if now != value:

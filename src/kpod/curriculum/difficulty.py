@@ -66,7 +66,6 @@ def compute_difficulties(cfg: KPODConfig) -> dict:
     ]
     model, tokenizer = load_student(cfg.student.model, cfg.student.dtype)
     state = process_state()
-    model.to(state.device)
     seq2seq = is_seq2seq(model)
     scored = map_across_processes(
         state,

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
+from kpod import placement
 from kpod.artifacts import RunPaths, rationale_key, read_json, read_rationales, read_weights, write_json
 from kpod.config import TRAINER_ARGS_DEFAULTS, ConfigError, KPODConfig
 from kpod.data.datasets import DataError, DatasetSplits
@@ -179,9 +180,20 @@ def training_arguments(cfg: KPODConfig, paths: RunPaths) -> TrainingArguments:
         "use_cpu": not torch.cuda.is_available(),  # lets torchrun run gloo data parallelism on CPUs
     }
     try:
-        return TrainingArguments(**{**owned, **TRAINER_ARGS_DEFAULTS, **t.trainer_args})
+        return TrainingArguments(**{**owned, **TRAINER_ARGS_DEFAULTS, **mixed_precision(cfg), **t.trainer_args})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"train.trainer_args: {exc}") from None
+
+
+def mixed_precision(cfg: KPODConfig) -> dict:
+    """The Trainer's autocast for kpod.placement's dtype (bf16 on a GPU that has it): float32 master weights
+    (LoRA adapters, or a whole model) run their matmuls in the low precision. train.trainer_args overrides."""
+    low = placement.low_precision(cfg.student.dtype)
+    if low == torch.bfloat16:
+        return {"bf16": True}
+    if low == torch.float16 and torch.cuda.is_available():  # fp16 autocast needs a GPU's grad scaler
+        return {"fp16": True}
+    return {}
 
 
 def train_student(cfg: KPODConfig, splits: DatasetSplits | None = None, model_path: str | None = None) -> dict:
@@ -232,7 +244,7 @@ def build_trainer(
 ) -> tuple[DistillTrainer, DistillDataset, DevAccuracyCallback | None]:
     """The student (with LoRA when asked), its dataset, the stage and dev-accuracy callbacks, the Trainer."""
     student = cfg.student
-    model, tokenizer = load_student(base_name, student.dtype)
+    model, tokenizer = load_student(base_name, student.dtype, trained_whole=not student.lora)
     if student.lora and not hasattr(model, "peft_config"):
         model = add_lora(
             model,

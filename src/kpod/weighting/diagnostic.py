@@ -117,7 +117,7 @@ def run_keypoint_diagnostic(
             "llama", tokenizer_dir, Path(work_dir or tmp) / f"tiny-reasoner-{seed}", hidden=128, layers=2, seed=seed
         )
         tokenizer = load_tokenizer(str(folder))
-        reasoner = load_model(str(folder))
+        reasoner = load_model(str(folder), "float32", placed=False)  # a tiny synthetic check, on the CPU
         embeddings = reasoner.get_input_embeddings().weight.detach().clone()
         model = KeypointModel(
             TokenWeighter(embeddings, heads=4, mlp_hidden=64, keep_rate=keep_rate, positions=positions),

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from kpod import placement
 from kpod.artifacts import RunPaths, rationale_key, read_json, read_rationales, write_json
 from kpod.data.datasets import DataError, read_jsonl
 from kpod.layout import DistillCollator, source_target_item, token_nll
@@ -53,9 +54,9 @@ def delete_tokens(text: str, offsets: list[list[int]], indices) -> str:
 class Judge:
     """A frozen model that scores the gold answer after [question; rationale; answer cue]."""
 
-    def __init__(self, name: str, batch_size: int = 8):
+    def __init__(self, name: str, batch_size: int = 8, dtype: str | None = None):
         self.tokenizer = load_tokenizer(name)
-        self.model = load_model(name).eval()
+        self.model = load_model(name, dtype).eval()
         self.seq2seq = is_seq2seq(self.model)
         self.batch_size = batch_size
 
@@ -76,12 +77,13 @@ class Judge:
             encoded = [self._encode(*row) for row in rows[start : start + self.batch_size]]
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
             batch = DistillCollator(pad, self.seq2seq)([source_target_item(*pair, self.seq2seq) for pair in encoded])
+            batch = placement.to_device(batch, self.model.device)
             logits = self.model(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
                 **({"labels": batch["labels"]} if self.seq2seq else {}),
             ).logits
-            out.extend(token_nll(logits, batch["labels"], causal=not self.seq2seq).sum(1).tolist())
+            out.extend(token_nll(logits, batch["labels"], causal=not self.seq2seq).sum(1).cpu().tolist())
         return out
 
 
@@ -128,6 +130,7 @@ def measure_faithfulness(
     progress: bool = True,
     judge_cache: dict | None = None,
     out: str | Path | None = None,
+    dtype: str | None = None,
 ) -> dict:
     """Deletion test of a run's token weights on its held-out rationales; writes weights/faithfulness.json
     (the report's table), or `out` (e.g. the test at another fraction, beside it).
@@ -139,7 +142,7 @@ def measure_faithfulness(
     require_fresh(paths.root, "train_token_weighting")
     weights = heldout_weights(paths, limit)
     judge_name = judge or _student_of(paths)
-    scorer = Judge(judge_name, batch_size)
+    scorer = Judge(judge_name, batch_size, dtype)
     rng = random.Random(seed)
     rationales = {rationale_key(r): r for r in read_rationales(paths.rationales("train"), include_incorrect=True)}
     per_rationale = [

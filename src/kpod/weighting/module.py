@@ -359,10 +359,10 @@ def _distance_from_end_encoding(attention_mask: torch.Tensor, width: int) -> tor
     valid = attention_mask.float()
     distance = valid.sum(1, keepdim=True) - valid.cumsum(1)  # 0 for the last token
     frequencies = torch.exp(
-        -torch.arange(0, width, 2, dtype=torch.float32) * (torch.log(torch.tensor(10000.0)) / width)
+        -torch.arange(0, width, 2, dtype=torch.float32, device=valid.device) * (math.log(10000.0) / width)
     )
     angles = distance.unsqueeze(-1) * frequencies
-    code = torch.zeros(*distance.shape, width)
+    code = torch.zeros(*distance.shape, width, device=valid.device)
     code[..., 0::2] = torch.sin(angles)
     code[..., 1::2] = torch.cos(angles[..., : width // 2])
     return code * valid.unsqueeze(-1)

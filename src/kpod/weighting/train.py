@@ -9,6 +9,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from kpod import placement
 from kpod.artifacts import RunPaths, rationale_key, read_rationales, write_json, write_jsonl
 from kpod.config import KPODConfig
 from kpod.models import add_lora, is_seq2seq, load_model, load_tokenizer
@@ -29,10 +30,11 @@ def build_keypoint_model(cfg: KPODConfig, student_name: str | None = None):
             f"weighting.reasoner_input=reasoner_tokens needs the student's tokenizer, but the reasoner "
             f"{reasoner_name} has another: set weighting.reasoner_input=token and weighting.reasoner_warmup_epochs>0"
         )
-    student = load_model(student_name)
+    student = load_model(student_name, "float32", placed=False)  # only its embedding table is read
     embeddings = student.get_input_embeddings().weight.detach().float().clone()
     del student
-    reasoner = load_model(reasoner_name)
+    trained_whole = not w.reasoner_lora and not (w.freeze_reasoner and w.reasoner_warmup_epochs == 0)
+    reasoner = load_model(reasoner_name, cfg.student.dtype, trained_whole=trained_whole)
     if w.reasoner_lora:
         reasoner = add_lora(
             reasoner,
@@ -57,7 +59,7 @@ def build_keypoint_model(cfg: KPODConfig, student_name: str | None = None):
         samples=w.samples,
         masking=w.masking,
     )
-    return model, student_tokenizer, reasoner_tokenizer
+    return model.to(placement.device()), student_tokenizer, reasoner_tokenizer
 
 
 def fit_keypoint_model(
@@ -73,13 +75,15 @@ def fit_keypoint_model(
     warmup_epochs: int = 0,
     freeze_reasoner: bool = True,
     reasoner_lr: float | None = None,
+    precision: str | None = None,
 ) -> list[dict]:
     """Train the module. The first `warmup_epochs` train only the reasoner side (reasoner, P, v_mask)
     on randomly masked rationales, so that L_p can tell needed tokens from filler once the learned
     masks start; with `freeze_reasoner` the reasoner side is fixed from then on.
 
     The weighter and the reasoner side are clipped separately (max norm 1 each), so neither's
-    gradient can shrink the other's update."""
+    gradient can shrink the other's update. Batches go to the model's device; the forward runs under
+    autocast to kpod.placement's low precision for `precision` (student.dtype), if any."""
     torch.manual_seed(seed)
     weighter_params = [p for p in model.weighter.parameters() if p.requires_grad]
     reasoner_params = model.reasoner_side_parameters()
@@ -87,6 +91,7 @@ def fit_keypoint_model(
         [{"params": weighter_params}, {"params": reasoner_params, "lr": reasoner_lr or lr}], lr=lr
     )
     generator = torch.Generator().manual_seed(seed)
+    where = next(model.parameters()).device
     history = []
     model.train()
     for epoch in range(warmup_epochs + epochs):
@@ -103,8 +108,9 @@ def fit_keypoint_model(
         )
         bar = tqdm(batches, desc=label, disable=not progress, leave=False)
         for start in bar:
-            batch = collator([items[i] for i in order[start : start + batch_size]])
-            out = model(batch, warmup=warming)
+            batch = placement.to_device(collator([items[i] for i in order[start : start + batch_size]]), where)
+            with placement.autocast(precision):
+                out = model(batch, warmup=warming)
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
             for group in (weighter_params, reasoner_params):
@@ -137,7 +143,8 @@ def export_weights(
         pad = collator.student_tokenizer.pad_token_id
         tensor = torch.tensor([x + [pad] * (longest - len(x)) for x in ids])
         mask = torch.tensor([[1] * len(x) + [0] * (longest - len(x)) for x in ids])
-        weights = model.token_weights(tensor, mask)
+        where = next(model.parameters()).device
+        weights = model.token_weights(tensor.to(where), mask.to(where)).float().cpu().tolist()
         for item, (token_ids, offsets), w in zip(chunk, encoded, weights):
             rows.append(
                 {
@@ -198,11 +205,12 @@ def train_weighting(cfg: KPODConfig) -> dict:
         warmup_epochs=w.reasoner_warmup_epochs,
         freeze_reasoner=w.freeze_reasoner,
         reasoner_lr=w.reasoner_learning_rate,
+        precision=cfg.student.dtype,
     )
     seconds = time.time() - start
     rows = export_weights(model, collator, to_items(all_rows))
     write_jsonl(paths.weights, rows)
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith(("reasoner.", "weighter.embed."))}
+    state = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith(("reasoner.", "weighter.embed."))}
     torch.save(
         {"state_dict": state, "config": w.model_dump(mode="json"), "student": cfg.student.model}, paths.weighting_module
     )
