@@ -1,0 +1,47 @@
+"""bench/ is code: every script imports against today's kpod, and those with a smoke mode run it."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+SCRIPTS = sorted(p for p in BENCH.glob("*.py") if p.name != "common.py")  # common.py is a module, not a bench
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_every_bench_script_imports(script, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))  # benches import bench/common.py as scripts do
+    spec = importlib.util.spec_from_file_location(f"bench_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # top-level imports and definitions; main() only runs as a script
+    assert callable(getattr(module, "main", None)), f"{script.name} has no main()"
+
+
+def smoke(script: str, data_dir: Path, *extra: str) -> str:
+    env = {**os.environ, "KPOD_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+    out = subprocess.run(
+        [sys.executable, str(BENCH / script), "--smoke", *extra], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_gpu_pipeline_runs_every_stage_of_both_methods_on_the_cpu(data_dir, tmp_path):
+    out = smoke("gpu_pipeline.py", data_dir, "--device", "cpu", "--json", str(tmp_path / "r.json"))
+    stages = {tuple(line.split()[:2]) for line in out.splitlines() if line.startswith(("std-cot ", "kpod "))}
+    assert {("std-cot", s) for s in ("generate", "train", "evaluate")} <= stages
+    assert {("kpod", s) for s in ("train_token_weighting", "calculate_difficulties", "cluster", "train")} <= stages
+    assert "KPOD epoch / Std-CoT epoch" in out and "bare step tokens/s" in out
+    import json
+
+    result = json.loads((tmp_path / "r.json").read_text())
+    train = next(r for r in result["results"]["std-cot"] if r["stage"] == "train")
+    assert train["tokens"] > 0 and result["bare_tokens_per_s"] > 0
+
+
+def test_stopping_overhead_smoke(data_dir):
+    assert "ratio" in smoke("stopping_overhead.py", data_dir).lower()
