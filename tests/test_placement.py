@@ -10,7 +10,7 @@ from conftest import TINY_RUN_SETTINGS
 
 from kpod import pipeline, placement
 from kpod.config import load_config
-from kpod.student.recipe import mixed_precision
+from kpod.student.recipe import accelerator_defaults
 from kpod.weighting.faithfulness import measure_faithfulness
 
 
@@ -26,13 +26,26 @@ def test_the_default_dtype_is_bf16_on_a_gpu_that_has_it_and_float32_elsewhere(mo
 
 def test_the_trainer_autocasts_to_the_placement_dtype_and_trainer_args_win(tiny_llama, tmp_path):
     base = [f"student.model={tiny_llama}", f"output_dir={tmp_path}"]
-    assert mixed_precision(load_config(overrides=base)) == {}  # float32 on this CPU machine
-    assert mixed_precision(load_config(overrides=base + ["student.dtype=bfloat16"])) == {"bf16": True}
+    assert accelerator_defaults(load_config(overrides=base)) == {}  # float32 and plain batches on this CPU machine
+    assert accelerator_defaults(load_config(overrides=base + ["student.dtype=bfloat16"])) == {"bf16": True}
     from kpod.artifacts import RunPaths
     from kpod.student.recipe import training_arguments
 
     cfg = load_config(overrides=base + ["student.dtype=bfloat16", "train.trainer_args.bf16=false"])
     assert training_arguments(cfg, RunPaths(tmp_path)).bf16 is False
+
+
+def test_on_a_gpu_the_trainer_groups_lengths_and_feeds_from_workers(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(placement, "device", lambda: torch.device("cuda", 0))
+    defaults = accelerator_defaults(load_config(overrides=[f"student.model={tiny_llama}", f"output_dir={tmp_path}"]))
+    assert defaults == {
+        "bf16": True,
+        "train_sampling_strategy": "group_by_length",
+        "dataloader_num_workers": 2,
+        "dataloader_persistent_workers": True,
+    }
 
 
 def test_a_record_made_when_float32_was_the_default_still_holds_on_a_cpu(tiny_llama, tmp_path):

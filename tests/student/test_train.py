@@ -304,20 +304,74 @@ def test_schedule_stages_advance_at_step_boundaries(tmp_path, tiny_llama, monkey
     assert all(len(c) == 4 for c in schedule["input_steps"].values())
     seen = []
     original = DistillDataset.__getitem__
-    monkeypatch.setattr(DistillDataset, "__getitem__", lambda self, i: seen.append(self.stage) or original(self, i))
+    monkeypatch.setattr(DistillDataset, "__getitem__", lambda self, key: seen.append(key[1]) or original(self, key))
     pipeline.train(cfg)
     per_step = [seen[i : i + 4] for i in range(0, len(seen), 4)]
     assert [set(s) for s in per_step] == [{0}, {0}, {1}, {2}, {2}, {3}]
 
 
-def test_stage_callback_resumes_in_the_right_stage():
-    from types import SimpleNamespace
+def test_the_sampler_gives_each_item_the_stage_of_its_step_also_after_a_resume():
+    from kpod.student.trainer import StagedSampler, stage_at_step
 
-    from kpod.student.trainer import StageCallback, stage_at_step
-
-    dataset = SimpleNamespace(stage=0)
-    StageCallback(dataset, stages=5).on_epoch_begin(None, SimpleNamespace(global_step=60, max_steps=100), None)
-    assert dataset.stage == 3
     assert [stage_at_step(s, 10, 4) for s in range(10)] == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
-    StageCallback(dataset).on_epoch_begin(None, SimpleNamespace(epoch=2.0), None)  # one stage per epoch
-    assert dataset.stage == 2
+    sampler = StagedSampler(range(8), stages=5, batch_size=2, accumulation=2)  # 2 steps an epoch
+    sampler.steps_per_epoch, sampler.max_steps = 2, 10
+    sampler.set_epoch(3)  # a resume in epoch 3: steps 6 and 7 of 10
+    assert [stage for _, stage in sampler] == [3] * 8
+    assert sampler.epoch == 4
+    two_processes = StagedSampler(range(16), stages=4, batch_size=2, processes=2)  # 4 steps an epoch
+    two_processes.steps_per_epoch, two_processes.max_steps = 4, 4
+    assert [stage for _, stage in two_processes] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
+    per_epoch = StagedSampler(range(4), stages=None, batch_size=2)
+    per_epoch.set_epoch(2)
+    assert {stage for _, stage in per_epoch} == {2}
+
+
+@pytest.mark.parametrize("sampling", ["random", "group_by_length"])
+def test_the_stage_reaches_dataloader_workers(tmp_path, tiny_llama, sampling):
+    """With worker processes (each holding its own copy of the dataset), every item of every batch is
+    encoded at the c its step's stage asks for: identified by its tokens and labels among all encodings.
+    Also with length-grouped batches (the GPU default)."""
+    from kpod.artifacts import RunPaths
+    from kpod.layout import encode_example, source_target_item
+    from kpod.student.recipe import build_examples, build_trainer
+    from kpod.student.trainer import stage_at_step
+
+    cfg = _cfg(
+        tmp_path / "run",
+        tiny_llama,
+        **{
+            "method": "kpod",
+            "schedule.stages": 4,
+            "train.epochs": 2,
+            "train.batch_size": 2,
+            "weighting.epochs": 1,
+            "train.trainer_args.dataloader_num_workers": 2,
+            "train.trainer_args.train_sampling_strategy": sampling,
+        },
+    )
+    for stage in ("generate", "train_token_weighting", "calculate_difficulties", "cluster"):
+        pipeline.STAGE_FUNCTIONS[stage](cfg)
+    paths = RunPaths(cfg.run_dir)
+    examples = build_examples(cfg, paths)
+    assert any(len(set(e.input_steps)) > 2 for e in examples)
+    trainer, _, _ = build_trainer(cfg, paths, examples=examples, splits=None, base_name=str(tiny_llama))
+    known = {}
+    for index, e in enumerate(examples):
+        for c in set(e.input_steps):
+            enc = encode_example(e, c, trainer.processing_class, False, 256, 256)
+            item = source_target_item(enc.source_ids, enc.target_ids, seq2seq=False)
+            known.setdefault((tuple(item["input_ids"]), tuple(item["labels"])), []).append((index, c))
+    steps_per_epoch, seen_stages = 6, set()
+    for epoch in range(2):
+        loader = trainer.get_train_dataloader()
+        assert loader.num_workers == 2
+        loader.set_epoch(epoch)
+        for b, batch in enumerate(loader):
+            stage = stage_at_step(epoch * steps_per_epoch + b, 2 * steps_per_epoch, 4)
+            seen_stages.add(stage)
+            for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"]):
+                n = int(mask.sum())
+                matches = known[(tuple(ids[:n].tolist()), tuple(labels[:n].tolist()))]
+                assert any(c == examples[i].input_steps[stage] for i, c in matches), (epoch, b, matches, stage)
+    assert seen_stages == {0, 1, 2, 3}

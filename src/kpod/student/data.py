@@ -53,18 +53,32 @@ class DistillDataset(Dataset):
     def __len__(self) -> int:
         return len(self.examples)
 
-    def n_input_steps(self, index: int) -> int:
+    def n_input_steps(self, index: int, stage: int | None = None) -> int:
         schedule = self.examples[index].input_steps
         if not schedule:
             return 0
-        return schedule[min(self.stage, len(schedule) - 1)]
+        stage = self.stage if stage is None else stage
+        return schedule[min(stage, len(schedule) - 1)]
 
-    def __getitem__(self, index: int) -> dict:
-        c = self.n_input_steps(index)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """An item by index at `self.stage`, or by (index, stage): the training sampler says each item's
+        stage with its index, so DataLoader worker processes (each with its own copy of the dataset) need
+        no shared state and read ahead without lag."""
+        index, stage = key if isinstance(key, tuple) else (key, None)
+        c = self.n_input_steps(index, stage)
         item = self._cache.get((index, c))
         if item is None:
             item = self._cache[(index, c)] = self._encode(index, c)
         return item
+
+    def encode_all(self) -> int:
+        """Tokenise and map the weights of every (example, c) the schedule uses, once, before training
+        (and before worker processes copy the dataset); returns how many encodings there are."""
+        for index, example in enumerate(self.examples):
+            for c in sorted(set(example.input_steps or [0])):
+                if (index, c) not in self._cache:
+                    self._cache[(index, c)] = self._encode(index, c)
+        return len(self._cache)
 
     def _encode(self, index: int, c: int) -> dict:
         example = self.examples[index]

@@ -22,7 +22,7 @@ from kpod.data.datasets import DataError, DatasetSplits
 from kpod.layout import DistillCollator, DistillExample
 from kpod.models import add_lora, is_seq2seq, load_student, save_trained_student
 from kpod.student.data import DistillDataset
-from kpod.student.trainer import DevAccuracyCallback, DistillTrainer, StageCallback
+from kpod.student.trainer import DevAccuracyCallback, DistillTrainer
 
 log = logging.getLogger(__name__)
 
@@ -180,20 +180,28 @@ def training_arguments(cfg: KPODConfig, paths: RunPaths) -> TrainingArguments:
         "use_cpu": not torch.cuda.is_available(),  # lets torchrun run gloo data parallelism on CPUs
     }
     try:
-        return TrainingArguments(**{**owned, **TRAINER_ARGS_DEFAULTS, **mixed_precision(cfg), **t.trainer_args})
+        return TrainingArguments(**{**owned, **TRAINER_ARGS_DEFAULTS, **accelerator_defaults(cfg), **t.trainer_args})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"train.trainer_args: {exc}") from None
 
 
-def mixed_precision(cfg: KPODConfig) -> dict:
-    """The Trainer's autocast for kpod.placement's dtype (bf16 on a GPU that has it): float32 master weights
-    (LoRA adapters, or a whole model) run their matmuls in the low precision. train.trainer_args overrides."""
+def accelerator_defaults(cfg: KPODConfig) -> dict:
+    """Trainer settings for the hardware, under train.trainer_args (which override them):
+    - autocast to kpod.placement's low precision (bf16 on a GPU that has it), float32 master weights;
+    - on a GPU, batches of similar length (the Trainer's group_by_length: less padding; a causal student's
+      item has the whole text at every stage, so lengths do not move with the curriculum) and two
+      persistent loader workers. A CPU run keeps the plain random order, so its figures stay as measured."""
+    out = {}
     low = placement.low_precision(cfg.student.dtype)
     if low == torch.bfloat16:
-        return {"bf16": True}
-    if low == torch.float16 and torch.cuda.is_available():  # fp16 autocast needs a GPU's grad scaler
-        return {"fp16": True}
-    return {}
+        out["bf16"] = True
+    elif low == torch.float16 and torch.cuda.is_available():  # fp16 autocast needs a GPU's grad scaler
+        out["fp16"] = True
+    if torch.cuda.is_available():
+        out.update(
+            train_sampling_strategy="group_by_length", dataloader_num_workers=2, dataloader_persistent_workers=True
+        )
+    return out
 
 
 def train_student(cfg: KPODConfig, splits: DatasetSplits | None = None, model_path: str | None = None) -> dict:
@@ -268,7 +276,8 @@ def build_trainer(
         max_target_tokens=student.max_target_tokens,
         **weighting,
     )
-    callbacks = [StageCallback(dataset, cfg.schedule.stages)]
+    log.info("%d encodings of %d examples made before training", dataset.encode_all(), len(dataset))
+    callbacks = []
     dev = None
     if cfg.train.eval_every and splits is not None and splits.dev:
         dev = DevAccuracyCallback(
@@ -288,5 +297,6 @@ def build_trainer(
         data_collator=DistillCollator(tokenizer.pad_token_id, seq2seq),
         processing_class=tokenizer,
         callbacks=callbacks,
+        stages=cfg.schedule.stages,
     )
     return trainer, dataset, dev

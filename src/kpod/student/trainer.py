@@ -5,10 +5,12 @@ accumulation, checkpoints, resume, TensorBoard/W&B) is the Trainer's own."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Sampler
 from transformers import Trainer, TrainerCallback
 
 from kpod.data.datasets import Question
@@ -47,7 +49,9 @@ def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tenso
 class DistillTrainer(Trainer):
     """`Trainer` whose loss weighs each target token (batch key `token_weights`)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, stages: int | None = None, **kwargs):
+        """stages: the schedule's stages over the run (schedule.stages); None: one per epoch."""
+        self.stages = stages
         super().__init__(*args, **kwargs)
         dataset = self.train_dataset
         if dataset is not None and not isinstance(dataset, DistillDataset):
@@ -56,6 +60,28 @@ class DistillTrainer(Trainer):
         # our compute_loss normalises by num_items_in_batch itself, so the Trainer must count tokens
         # and must not divide by the accumulation steps again
         self.model_accepts_loss_kwargs = True
+
+    def get_train_dataloader(self):
+        """The Trainer's loader, its sampler wrapped in a StagedSampler (the schedule's stages)."""
+        loader = super().get_train_dataloader()
+        holder = loader.batch_sampler
+        holder = getattr(holder, "batch_sampler", holder)  # under data parallelism: BatchSamplerShard's inner one
+        staged = StagedSampler(
+            holder.sampler,
+            self.stages,
+            batch_size=self._train_batch_size,
+            processes=self.accelerator.num_processes,
+            accumulation=self.args.gradient_accumulation_steps,
+        )
+        batches = len(loader)  # the Trainer's own step count (Trainer.set_initial_training_values)
+        staged.steps_per_epoch = max(1, math.ceil(batches / self.args.gradient_accumulation_steps))
+        staged.max_steps = (
+            self.args.max_steps
+            if self.args.max_steps > 0
+            else math.ceil(self.args.num_train_epochs * staged.steps_per_epoch)
+        )
+        holder.sampler = staged
+        return loader
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
@@ -82,26 +108,41 @@ def stage_at_step(step: int, max_steps: int, stages: int) -> int:
     return min(stages - 1, step * stages // max(1, max_steps))
 
 
-class StageCallback(TrainerCallback):
-    """Sets the dataset's stage so each example uses its c_i(t): one stage per epoch (stages=None,
-    the paper), or `stages` stages sharing the run's optimizer steps equally (switching at step
-    boundaries). The data loader reads one batch ahead, so at the end of step k the stage of step
-    k + 2 is set (step k + 1's batch is already read); the first batch of an epoch is read after
-    on_epoch_begin (the second with it, so it shares the first's stage). On a resume the stage
-    follows the restored global step."""
+class StagedSampler(Sampler):
+    """Wraps the Trainer's own sampler (same order, same seeds) and yields (index, stage): the stage of
+    the optimizer step that will read the item, from the item's place in the epoch. One stage per epoch
+    (stages=None, the paper), or `stages` stages sharing the run's optimizer steps equally.
 
-    def __init__(self, dataset: DistillDataset, stages: int | None = None):
-        self.dataset, self.stages = dataset, stages
+    The stage travels with the index, so DataLoader workers and read-ahead see the right one, and a
+    resumed run (the Trainer skips the epoch's first batches) gets the stages of its restored steps.
+    Under data parallelism the sampler's batches are dealt out to the processes in turn."""
 
-    def on_epoch_begin(self, args, state, control, **kwargs):
+    def __init__(self, inner, stages: int | None, batch_size: int, processes: int = 1, accumulation: int = 1):
+        self.inner, self.stages = inner, stages
+        self.batch_size, self.processes, self.accumulation = batch_size, processes, accumulation
+        self.steps_per_epoch = self.max_steps = None  # set once the Trainer's data loader is built
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def stage_of(self, epoch: int, position: int) -> int:
         if self.stages is None:
-            self.dataset.stage = int(round(state.epoch or 0))
-        else:
-            self.dataset.stage = stage_at_step(state.global_step, state.max_steps, self.stages)
+            return epoch
+        local_batch = position // self.batch_size // self.processes
+        step = epoch * self.steps_per_epoch + local_batch // self.accumulation
+        return stage_at_step(step, self.max_steps, self.stages)
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.stages is not None:
-            self.dataset.stage = stage_at_step(state.global_step + 1, state.max_steps, self.stages)
+    def __iter__(self):
+        epoch = self.epoch
+        for position, index in enumerate(self.inner):
+            yield index, self.stage_of(epoch, position)
+        self.epoch = epoch + 1  # as accelerate's seedable sampler counts its epochs
 
 
 class DevAccuracyCallback(TrainerCallback):
