@@ -102,3 +102,24 @@ def test_loss_weights_floor_then_mean_one_on_the_rationale_only():
     # floored: 0.5, 0.75, 1.0 (mean 0.75), rescaled to mean 1; the answer token is left as given
     np.testing.assert_allclose(out, [2 / 3, 1.0, 4 / 3, 7.0])
     np.testing.assert_allclose(loss_weights(np.array([0.2, 0.6]), np.array([True, True]), mean_one=False), [0.2, 0.6])
+
+
+def test_bf16_logits_are_scored_in_float32_chunks_with_the_same_loss_and_gradient(monkeypatch):
+    """The chunked, recomputed path gives the loss and gradient of scoring the whole float32 copy."""
+    from kpod.student import trainer
+
+    torch.manual_seed(0)
+    logits32 = torch.randn(3, 7, 50)
+    labels = torch.randint(0, 50, (3, 7))
+    labels[0, :2] = -100
+    weights = torch.rand(3, 7) * 2
+    reference = logits32.to(torch.bfloat16).float().requires_grad_()
+    expected = trainer.weighted_token_loss(reference, labels, weights)
+    expected.backward()
+    monkeypatch.setattr(trainer, "LOSS_CHUNK_ELEMENTS", 4 * 50)  # chunks of 4 rows: 6 chunks, one partial
+    bf16 = logits32.to(torch.bfloat16).requires_grad_()
+    loss = trainer.weighted_token_loss(bf16, labels, weights, num_items_in_batch=(labels != -100).sum())
+    loss.backward()
+    assert loss.dtype == torch.float32
+    assert torch.allclose(loss, expected, rtol=1e-6)
+    assert torch.allclose(bf16.grad.float(), reference.grad, atol=1e-3)  # the gradient is stored in bf16

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from torch.utils.data import Sampler
 from transformers import Trainer, TrainerCallback
 
@@ -28,15 +29,40 @@ def weighted_token_loss(
     num_items_in_batch: torch.Tensor | int | None = None,
 ) -> torch.Tensor:
     """sum_j w_j * NLL_j / N, N = the number of target tokens (the global count under gradient
-    accumulation and data parallelism, as plain CE uses). All-ones weights give plain CE exactly."""
-    nll = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none"
-    )
-    total = (nll * weights.reshape(-1).to(nll.dtype)).sum()
+    accumulation and data parallelism, as plain CE uses). All-ones weights give plain CE exactly.
+
+    Low-precision logits (bf16 on a GPU) are scored in float32 a chunk of rows at a time, each chunk
+    recomputed in the backward pass, so no float32 copy of the whole (tokens x vocabulary) logits is
+    ever held; float32 logits take the direct path."""
+    vocab = logits.shape[-1]
+    flat_logits, flat_labels = logits.reshape(-1, vocab), labels.reshape(-1)
+    flat_weights = weights.reshape(-1)
+    if logits.dtype == torch.float32 or not torch.is_grad_enabled() or not logits.requires_grad:
+        total = _weighted_nll_sum(flat_logits, flat_labels, flat_weights)
+    else:
+        rows = max(1, LOSS_CHUNK_ELEMENTS // vocab)
+        total = sum(
+            checkpoint(
+                _weighted_nll_sum,
+                flat_logits[i : i + rows],
+                flat_labels[i : i + rows],
+                flat_weights[i : i + rows],
+                use_reentrant=False,
+            )
+            for i in range(0, flat_labels.shape[0], rows)
+        )
     count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
     if torch.is_tensor(count):
         count = count.to(total.device)
     return total / count
+
+
+LOSS_CHUNK_ELEMENTS = 1 << 26  # logits per float32 chunk (256 MiB)
+
+
+def _weighted_nll_sum(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    nll = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="none")
+    return (nll * weights.to(nll.dtype)).sum()
 
 
 def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:
