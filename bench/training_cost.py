@@ -44,10 +44,7 @@ def arm(name: str, model: str, n: int, work: Path, rationales: str | None = None
     from kpod import pipeline
     from kpod.artifacts import RunPaths
     from kpod.config import load_config
-    from kpod.layout import DistillCollator
-    from kpod.models import add_lora, load_student
-    from kpod.student.data import DistillDataset
-    from kpod.student.recipe import build_examples, training_arguments
+    from kpod.student.recipe import build_examples, build_trainer
 
     torch.manual_seed(0)
     run = work / "run"
@@ -87,33 +84,22 @@ def arm(name: str, model: str, n: int, work: Path, rationales: str | None = None
             return {"seconds": weighting_seconds, "rationales": n}
         pipeline.calculate_difficulties(cfg)
         pipeline.cluster(cfg)
-    examples = build_examples(cfg, RunPaths(run))
-    student, tokenizer = load_student(model)
-    student = add_lora(student, r=16, alpha=32, dropout=0.05, target_modules="all-linear")
-    seq2seq = student.config.is_encoder_decoder
-    dataset = DistillDataset(examples, tokenizer, seq2seq, 512, 384)
+    # the trainer, dataset (weight_norm, weight_floor, overlap) and LoRA exactly as the train stage builds them
+    trainer, dataset, _ = build_trainer(cfg, RunPaths(run), build_examples(cfg, RunPaths(run)), None, model)
+    dataset.stage = 10**6  # the last stage: whole rationales, to count an epoch's tokens
     tokens = sum(
-        len([t for t in dataset[i]["labels"] if t != -100]) + len(dataset[i]["input_ids"]) for i in range(len(dataset))
+        len(dataset[i]["input_ids"]) + len([t for t in dataset[i]["labels"] if t != -100]) * trainer.seq2seq
+        for i in range(len(dataset))
     )
-    args = training_arguments(cfg, RunPaths(run))
+    dataset.stage = 0
     if name == "plain":
-        items = [{k: v for k, v in dataset[i].items()} for i in range(len(dataset))]
-        collate = DistillCollator(tokenizer.pad_token_id, seq2seq)
+        items = [dataset[i] for i in range(len(dataset))]
+        collate = trainer.data_collator
         trainer = Trainer(
-            model=student,
-            args=args,
+            model=trainer.model,
+            args=trainer.args,
             train_dataset=items,
             data_collator=lambda b: {k: v for k, v in collate(b).items() if k != "token_weights"},
-        )
-    else:
-        from kpod.student.trainer import DistillTrainer, StageCallback
-
-        trainer = DistillTrainer(
-            model=student,
-            args=args,
-            train_dataset=dataset,
-            data_collator=DistillCollator(tokenizer.pad_token_id, seq2seq),
-            callbacks=[StageCallback(dataset)],
         )
     start = time.perf_counter()
     trainer.train()
