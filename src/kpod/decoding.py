@@ -53,11 +53,14 @@ class StopWhenComplete(StoppingCriteria):
     The text of each sequence grows by the new tokens' text only (incremental detokenisation: the
     tokens since the last whole character are decoded with a few before them, and the difference is
     the new text), so a step costs a few tokens' decoding per unfinished sequence, not the batch's
-    whole continuation."""
+    whole continuation. A row's new tokens are decoded only when one of its last two tokens can end a
+    complete text (see `completion_tokens`); until then they wait, and are decoded with the next ones."""
 
     def __init__(self, tokenizer, prompt_length: int):
         self.tokenizer = tokenizer
         self.prompt_length = prompt_length
+        self.marks = completion_tokens(tokenizer)
+        self.decode = _batch_decoder(tokenizer)
         self.ids: list[list[int]] = []  # each sequence's continuation so far
         self.texts: list[str] = []
         self.offsets: list[tuple[int, int]] = []  # (prefix, read): text holds ids[:read]; decode from prefix
@@ -72,21 +75,57 @@ class StopWhenComplete(StoppingCriteria):
                 [(0, 0)] * rows,
                 [False] * rows,
             )
+        added = 0
         for row, new in enumerate(input_ids[:, self.prompt_length + len(self.ids[0]) :].tolist()):
             self.ids[row].extend(new)
-        open_rows = [row for row in range(len(self.ids)) if not self.done[row]]
-        decode = self.tokenizer.batch_decode
+            added = len(new)
+        marks = self.marks
+        open_rows = [
+            row
+            for row in range(len(self.ids))
+            if not self.done[row] and any(t in marks for t in self.ids[row][-added - 1 :])
+        ]
+        if not open_rows:
+            return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+        decode = self.decode
         windows = [
             (self.ids[r][self.offsets[r][0] : self.offsets[r][1]], self.ids[r][self.offsets[r][0] :]) for r in open_rows
         ]
-        before = decode([w[0] for w in windows], skip_special_tokens=True)
-        after = decode([w[1] for w in windows], skip_special_tokens=True)
+        before = decode([w[0] for w in windows])
+        after = decode([w[1] for w in windows])
         for row, old, new in zip(open_rows, before, after):
             if len(new) > len(old) and not new.endswith("\ufffd"):  # a whole new character at least
                 self.texts[row] += new[len(old) :]
                 self.offsets[row] = (self.offsets[row][1], len(self.ids[row]))
                 self.done[row] = generation_complete(self.texts[row])
         return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+
+
+def _batch_decoder(tokenizer):
+    """batch_decode without special tokens; straight through the Rust tokenizer where that gives the same
+    text (a fast tokenizer without clean-up of spaces), skipping the Python wrapper's per-call work."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and getattr(tokenizer, "is_fast", False) and not tokenizer.clean_up_tokenization_spaces:
+        return lambda rows: backend.decode_batch(rows, skip_special_tokens=True)
+    return lambda rows: tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+
+_COMPLETION_TOKENS: dict[int, tuple[object, frozenset[int]]] = {}
+
+
+def completion_tokens(tokenizer) -> frozenset[int]:
+    """The token ids that can end a complete text: a match of generation_complete ends with ':', '\n',
+    or whitespace after '.' or 'Q:', so the token that completes a text, or the one before it, decodes
+    to a piece holding '.', ':' or '\n', or to nothing visible (special, byte and space pieces, whose
+    text shows only with their neighbours). Decoded once per tokenizer."""
+    cached = _COMPLETION_TOKENS.get(id(tokenizer))
+    if cached is None or cached[0] is not tokenizer:
+        pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=True)
+        marks = frozenset(
+            i for i, p in enumerate(pieces) if not p.strip() or "\ufffd" in p or any(c in p for c in ".:\n")
+        )
+        cached = _COMPLETION_TOKENS[id(tokenizer)] = (tokenizer, marks)
+    return cached[1]
 
 
 @torch.no_grad()
