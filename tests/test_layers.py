@@ -7,7 +7,7 @@ from pathlib import Path
 import kpod
 
 PACKAGE = Path(kpod.__file__).parent
-ENTRY_POINTS = {"cli", "quickstart"}
+ENTRY_POINTS = {"cli", "quickstart", "integrations"}
 ORCHESTRATION = {"pipeline", "report", "export"}
 STAGES = {"teacher", "weighting", "curriculum", "student", "evaluation"}
 

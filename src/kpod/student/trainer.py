@@ -110,23 +110,29 @@ class DistillTrainer(Trainer):
         return loader
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = dict(inputs)
-        weights = inputs.pop("token_weights")
-        labels = inputs.pop("labels")
-        if self.seq2seq:
-            config = self.accelerator.unwrap_model(model).config
-            start = config.decoder_start_token_id if config.decoder_start_token_id is not None else config.pad_token_id
-            outputs = model(**inputs, decoder_input_ids=shift_right(labels, start, config.pad_token_id))
-            logits, targets, target_weights = outputs.logits, labels, weights
-        else:
-            outputs = model(**inputs)
-            # shift the labels, not the logits: slicing logits would copy a (batch x length x vocab) tensor
-            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-            logits, target_weights = outputs.logits, F.pad(weights[:, 1:], (0, 1), value=0.0)
-        loss = weighted_token_loss(logits, targets, weights=target_weights, num_items_in_batch=num_items_in_batch)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        loss, outputs = distill_loss(self, model, inputs, self.seq2seq, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
+
+
+def distill_loss(trainer: Trainer, model, inputs: dict, seq2seq: bool, num_items_in_batch=None):
+    """(loss, outputs) of a batch with `token_weights` (paper Eq. 15), for any Trainer subclass."""
+    inputs = dict(inputs)
+    weights = inputs.pop("token_weights")
+    labels = inputs.pop("labels")
+    if seq2seq:
+        config = trainer.accelerator.unwrap_model(model).config
+        start = config.decoder_start_token_id if config.decoder_start_token_id is not None else config.pad_token_id
+        outputs = model(**inputs, decoder_input_ids=shift_right(labels, start, config.pad_token_id))
+        logits, targets, target_weights = outputs.logits, labels, weights
+    else:
+        outputs = model(**inputs)
+        # shift the labels, not the logits: slicing logits would copy a (batch x length x vocab) tensor
+        targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+        logits, target_weights = outputs.logits, F.pad(weights[:, 1:], (0, 1), value=0.0)
+    loss = weighted_token_loss(logits, targets, weights=target_weights, num_items_in_batch=num_items_in_batch)
+    if trainer.args.average_tokens_across_devices and num_items_in_batch is not None:
+        loss = loss * trainer.accelerator.num_processes  # DDP averages gradients over processes
+    return loss, outputs
 
 
 def stage_at_step(step: int, max_steps: int, stages: int) -> int:
