@@ -11,13 +11,24 @@ def test_defaults_are_the_paper_settings():
     assert (c.schedule.beta, c.cluster.k, c.teacher.model) == (12.0, 5, "gpt-3.5-turbo")
 
 
-def test_weighting_estimator_settings_are_checked_at_load():
+def test_estimator_and_schedule_names_are_checked_against_their_tables_before_anything_runs(tmp_path):
+    from kpod.pipeline import check_choices, full_pipeline
+
+    def check(*overrides):
+        check_choices(load_config(overrides=[*overrides, f"output_dir={tmp_path / 'run'}"]))
+
     with pytest.raises(ConfigError, match="no gradient path"):
-        load_config(overrides=["weighting.estimator=straight_through"])  # with the default masking=delete
+        check("weighting.estimator=straight_through")  # with the default masking=delete
     with pytest.raises(ConfigError, match="samples >= 2"):
-        load_config(overrides=["weighting.samples=1"])
-    c = load_config(overrides=["weighting.estimator=straight_through", "weighting.masking=embedding"])
-    assert c.weighting.estimator == "straight_through"
+        check("weighting.samples=1")
+    with pytest.raises(ConfigError, match="known: score_function, straight_through"):
+        check("weighting.estimator=reinforce")
+    with pytest.raises(ConfigError, match="schedule.kind: unknown 'cosine'; known: kpod, linear, none"):
+        check("schedule.kind=cosine")
+    check("weighting.estimator=straight_through", "weighting.masking=embedding", "schedule.kind=linear")
+    with pytest.raises(ConfigError, match="schedule.kind"):
+        full_pipeline(load_config(overrides=["schedule.kind=cosine", f"output_dir={tmp_path / 'run'}"]))
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made
 
 
 def test_yaml_and_overrides(tmp_path):

@@ -8,6 +8,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kpod.data.datasets import DataError, read_jsonl
@@ -219,6 +220,44 @@ def read_difficulties(path: Path) -> dict[str, list[float]]:
     if not Path(path).is_file():
         raise DataError(f"{path}: step difficulties not found (run `kpod calculate_difficulties` first)")
     return {row["key"]: row["difficulties"] for row in read_jsonl(path)}
+
+
+@dataclass
+class ScheduleFile:
+    """schedule/schedule.json: c_i(t) per rationale key and stage, and how it was made."""
+
+    epochs: int
+    stages: int
+    input_steps: dict[str, list[int]]
+    kind: str = "kpod"
+    stage_unit: str = "epoch"  # a stage lasts an epoch, or an equal share of the run's optimizer steps
+    peak_stage: float | None = None
+    total_difficulty: float | None = None
+    c0: float | None = None
+    table: list[dict] = field(default_factory=list)
+
+
+def write_schedule(path: Path, schedule: ScheduleFile) -> None:
+    write_json(path, asdict(schedule))
+
+
+def read_schedule(path: Path) -> ScheduleFile:
+    """The schedule file; one written before `stages` and `kind` existed reads as kpod's, a stage per epoch."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: schedule not found (run `kpod calculate_difficulties` and `kpod cluster`)")
+    data = read_json(path, "delete it and rerun `kpod cluster`", ("epochs", "input_steps"))
+    data.setdefault("stages", data["epochs"])
+    known = {f for f in ScheduleFile.__dataclass_fields__}
+    steps = data["input_steps"]
+    if not isinstance(steps, dict) or any(
+        not isinstance(v, list) or len(v) != data["stages"] or not all(isinstance(c, int) and c >= 0 for c in v)
+        for v in steps.values()
+    ):
+        raise DataError(
+            f"{path}: input_steps must map each rationale key to {data['stages']} step counts (one per stage); "
+            "delete it and rerun `kpod cluster`"
+        )
+    return ScheduleFile(**{k: v for k, v in data.items() if k in known})
 
 
 def write_eval(folder: Path, metrics: dict, predictions: list[dict]) -> None:

@@ -108,7 +108,11 @@ def config_from_args(args: argparse.Namespace):
         overrides.append(f"data.data_dir={args.data_dir}")
     if args.split and args.stage_name == "evaluate":
         overrides.append(f"eval.split={args.split}")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    from kpod.pipeline import check_choices
+
+    check_choices(cfg)
+    return cfg
 
 
 def run_stage(stage: str, args: argparse.Namespace) -> dict:

@@ -195,9 +195,9 @@ class WeightingConfig(_Section):
         "delete",
         description="A masked token is removed from the reasoner's input (delete; needs estimator=score_function) or replaced by a learned vector v_mask (embedding, the method doc).",
     )
-    estimator: Literal["score_function", "straight_through"] = Field(
+    estimator: str = Field(
         "score_function",
-        description="Gradient estimator of dE[L_p + alpha L_m]/dw: score_function (unbiased: `samples` Bernoulli masks per rationale with leave-one-out baselines, per-prefix credit, exact dE[L_m]) or straight_through (the paper's Gumbel straight-through; biased, and ~0 where the reasoner ignores a masked position). docs/method.md.",
+        description="Gradient estimator of dE[L_p + alpha L_m]/dw: score_function (unbiased: `samples` Bernoulli masks per rationale with leave-one-out baselines, per-prefix credit, exact dE[L_m]) or straight_through (the paper's Gumbel straight-through; biased, and ~0 where the reasoner ignores a masked position). docs/method.md. The names are the keys of kpod.weighting.module.ESTIMATORS, checked before any stage runs.",
     )
     samples: int = Field(2, ge=1, description="estimator=score_function: mask samples per rationale and step (>= 2).")
     freeze_reasoner: bool = Field(
@@ -266,16 +266,7 @@ class WeightingConfig(_Section):
         raise ValueError("expected 'full', 'steps', 'all' or 'sample:N' with N > 0")
 
     @model_validator(mode="after")
-    def _estimator_fits(self) -> WeightingConfig:
-        if self.estimator == "score_function" and self.samples < 2:
-            raise ValueError(
-                "estimator=score_function needs samples >= 2 (each sample's baseline is the mean of the others)"
-            )
-        if self.masking == "delete" and self.estimator == "straight_through":
-            raise ValueError(
-                "masking=delete leaves no gradient path through the mask for estimator=straight_through: "
-                "use masking=embedding or estimator=score_function"
-            )
+    def _holdout_is_a_fraction_or_a_count(self) -> WeightingConfig:
         if self.holdout >= 1 and self.holdout != int(self.holdout):
             raise ValueError("holdout: a fraction below 1 or a whole count")
         return self
@@ -299,6 +290,13 @@ class ClusterConfig(_Section):
 
 
 class ScheduleConfig(_Section):
+    kind: str = Field(
+        "kpod",
+        description="How steps move from input to output over the stages: kpod (the paper: by difficulty and "
+        "diversity under the budget curve), linear (the same share of every item's steps each stage, a control "
+        "that ignores difficulty and diversity), none (the whole rationale from the first stage). The names are "
+        "the keys of kpod.curriculum.schedule.SCHEDULES, checked before any stage runs.",
+    )
     progressive: bool = Field(
         True,
         description="Use the in-rationale progressive schedule; False: full rationale from the first epoch (ablation).",
@@ -505,6 +503,10 @@ class KPODConfig(_Section):
 
     def snapshot(self) -> dict:
         return BaseModel.model_dump(self, mode="json")
+
+    def curriculum_stages(self) -> int:
+        """Stages of the curriculum: schedule.stages, else one per epoch (the paper)."""
+        return self.schedule.stages or self.train.epochs
 
     def value_at(self, dotted: str):
         """The JSON value of a dotted field (weighting.alpha), read without being recorded."""

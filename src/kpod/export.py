@@ -14,7 +14,15 @@ from pathlib import Path
 
 import yaml
 
-from kpod.artifacts import RunPaths, atomic_write_text, rationale_key, read_json, read_rationales, read_weights
+from kpod.artifacts import (
+    RunPaths,
+    atomic_write_text,
+    rationale_key,
+    read_json,
+    read_rationales,
+    read_schedule,
+    read_weights,
+)
 from kpod.data.datasets import DataError
 from kpod.layout import DistillExample, split_texts
 from kpod.models import STUDENT_INFO, load_tokenizer, load_trained_student, merge_adapter
@@ -210,9 +218,7 @@ def export_weights(run_dir: str | Path, out: str | Path) -> dict:
     require_fresh(paths.root, "train_token_weighting")
     require_fresh(paths.root, "cluster")
     weights = read_weights(paths.weights)
-    schedule = {}
-    if paths.schedule.is_file():
-        schedule = read_json(paths.schedule, "delete it and rerun `kpod cluster`", ("input_steps",))["input_steps"]
+    schedule = read_schedule(paths.schedule).input_steps if paths.schedule.is_file() else {}
     rows = []
     for r in read_rationales(paths.rationales("train"), include_incorrect=True):
         key = rationale_key(r)

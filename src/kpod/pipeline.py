@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from kpod.artifacts import RunPaths, write_json, write_jsonl
-from kpod.config import KPODConfig, record_reads
+from kpod.config import ConfigError, KPODConfig, record_reads
 from kpod.data.datasets import DataError, DatasetSplits, load_dataset_splits
 from kpod.records import (  # noqa: F401 - NOT_INPUTS, StaleInputError: part of the pipeline's interface
     NOT_INPUTS,
@@ -245,7 +245,27 @@ def recorded_stage(cfg: KPODConfig, stage: str, arguments: dict | None = None):
         yield from _recorded(cfg, stage, arguments, paths)
 
 
+def check_choices(cfg: KPODConfig) -> None:
+    """Settings named after an entry of a stage's table (weighting.estimator, schedule.kind) are checked
+    against it before anything runs (the shared config layer cannot see the stages' tables). Read
+    without being recorded, so checking them makes no stage depend on them."""
+    from kpod.curriculum.schedule import SCHEDULES
+    from kpod.weighting.module import estimator_problem
+
+    problems = []
+    kind = cfg.value_at("schedule.kind")
+    if kind not in SCHEDULES:
+        problems.append(f"schedule.kind: unknown {kind!r}; known: {', '.join(sorted(SCHEDULES))}")
+    w = cfg.value_at("weighting")
+    problem = estimator_problem(w["estimator"], masking=w["masking"], samples=w["samples"])
+    if problem:
+        problems.append(problem)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
 def _recorded(cfg: KPODConfig, stage: str, arguments: dict, paths: RunPaths):
+    check_choices(cfg)
     manifest = read_manifest(paths.root)
     check_upstream(cfg, stage, manifest)
     inputs = current_inputs(cfg, stage, arguments)
@@ -279,6 +299,7 @@ def _discard_foreign_checkpoints(cfg, paths, manifest, inputs, arguments, main_p
 
 def full_pipeline(cfg: KPODConfig, model_path: str | None = None, force: bool = False) -> dict:
     """Every stage in order, each skipped when its recorded run still holds (stages.json)."""
+    check_choices(cfg)
     prepare_run_folder(RunPaths(cfg.run_dir).root)
     with run_folder_lock(cfg.run_dir):
         return _run_stages(cfg, model_path, force)

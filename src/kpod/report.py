@@ -10,11 +10,12 @@ from __future__ import annotations
 import base64
 import html
 import io
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
-from kpod.artifacts import RunPaths, atomic_write_text, read_json
+from kpod.artifacts import RunPaths, atomic_write_text, read_json, read_schedule
 from kpod.data.datasets import read_jsonl
 from kpod.records import require_fresh
 from kpod.weighting.view import HTML_STYLE, html_block, weight_examples
@@ -231,10 +232,10 @@ def _weights_sections(report: Report, paths: RunPaths) -> None:
 
 
 def _schedule_section(report: Report, paths: RunPaths) -> None:
-    schedule = _json(paths.schedule)
-    if not schedule:
+    if not paths.schedule.is_file():
         return
-    if not schedule.get("table"):
+    schedule = asdict(read_schedule(paths.schedule))
+    if not schedule["table"]:
         report.section("Progressive schedule", f"<p>{paths.schedule} has no stages</p>", "the schedule has no stages")
         return
     h1, m1 = report.figure("budget", _budget_plot(schedule))

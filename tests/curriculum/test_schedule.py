@@ -1,4 +1,5 @@
 import itertools
+import math
 import random
 import statistics
 
@@ -103,3 +104,72 @@ def test_deterministic():
     a = build_schedule(diffs, groups, 20)
     b = build_schedule(diffs, groups, 20)
     assert a.input_steps == b.input_steps and a.table == b.table
+
+
+def _inputs(stages=8, **kw):
+    from kpod.curriculum.schedule import ScheduleInputs
+
+    rng = random.Random(0)
+    difficulties = [[rng.uniform(0.1, 3) for _ in range(rng.randint(1, 7))] for _ in range(40)]
+    return ScheduleInputs(difficulties, [i % 5 for i in range(40)], stages=stages, **kw)
+
+
+def test_linear_schedule_moves_the_same_share_of_every_item_each_stage_ignoring_difficulty():
+    from kpod.curriculum.schedule import SCHEDULES
+
+    x = _inputs()
+    linear = SCHEDULES["linear"](x)
+    for d, c in zip(x.difficulties, linear.input_steps):
+        n = len(d)
+        assert c == [n - math.floor(n * (t + 1) / 5 + 0.5) if t < 4 else 0 for t in range(8)]
+        assert all(a >= b for a, b in zip(c, c[1:]))  # steps only ever move to the output
+    reversed_difficulty = _inputs()
+    reversed_difficulty.difficulties = [list(reversed(d)) for d in x.difficulties]
+    assert SCHEDULES["linear"](reversed_difficulty).input_steps == linear.input_steps  # difficulty plays no part
+    kpod = SCHEDULES["kpod"](x)
+    assert kpod.input_steps == build_schedule(x.difficulties, x.groups, epochs=8).input_steps
+    assert [row["full_rationale_items"] for row in linear.table][4:] == [40] * 4
+    assert [all(c[t] == 0 for c in kpod.input_steps) for t in range(4, 8)] == [True] * 4  # same peak as kpod's
+
+
+def test_none_schedule_gives_the_whole_rationale_at_every_stage():
+    from kpod.curriculum.schedule import SCHEDULES
+
+    none = SCHEDULES["none"](_inputs(stages=3))
+    assert all(c == [0, 0, 0] for c in none.input_steps)
+    assert none.table[0]["achieved"] == none.total
+
+
+def test_a_new_schedule_kind_is_one_registered_function(tmp_path, tiny_llama, monkeypatch):
+    """Registered in curriculum/schedule.py's table, a kind is accepted by the config check, written to
+    schedule.json with its name by the cluster stage, and read back by the typed reader training uses."""
+    import json
+
+    from kpod import pipeline
+    from kpod.artifacts import RunPaths, read_schedule
+    from kpod.config import load_config
+    from kpod.curriculum import schedule as module
+
+    monkeypatch.setitem(
+        module.SCHEDULES,
+        "answer-first",
+        lambda x: module._schedule_of([[len(d)] * (x.stages - 1) + [0] for d in x.difficulties], x, peak=x.stages - 1),
+    )
+    cfg = load_config(
+        overrides=[
+            "dataset=gsm8k",
+            "teacher.kind=reference",
+            "data.max_train_questions=6",
+            f"student.model={tiny_llama}",
+            "schedule.kind=answer-first",
+            "train.epochs=3",
+            "weighting.epochs=1",
+            f"output_dir={tmp_path / 'run'}",
+        ]
+    )
+    for stage in ("generate", "train_token_weighting", "calculate_difficulties", "cluster"):
+        pipeline.STAGE_FUNCTIONS[stage](cfg)
+    written = read_schedule(RunPaths(cfg.run_dir).schedule)
+    assert written.kind == "answer-first" and written.stages == 3
+    assert all(c[:2] == [c[0]] * 2 and c[2] == 0 for c in written.input_steps.values())
+    assert json.loads(RunPaths(cfg.run_dir).schedule.read_text())["kind"] == "answer-first"

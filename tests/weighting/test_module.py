@@ -247,3 +247,34 @@ def test_weight_mapping_is_exact_for_identical_tokenisation(tiny_t5):
     assert map_weights(chars, offsets) == pytest.approx(stored)
     # a coarser tokenisation takes the max of the overlapped tokens
     assert map_weights(chars, [(0, len(text))])[0] == pytest.approx(max(stored))
+
+
+def test_a_new_estimator_is_one_registered_function(tiny_llama, monkeypatch, tmp_path):
+    """Registered in weighting/module.py's table, an estimator is accepted by the config check, its
+    problem rule is applied, and the module's forward runs it."""
+    from kpod.config import ConfigError, load_config
+    from kpod.pipeline import check_choices
+    from kpod.weighting import module
+
+    calls = []
+
+    def greedy_step(model, batch, view, w, valid, reduce_mask):
+        calls.append(w.shape)
+        return module.straight_through_step(model, batch, view, w, valid, reduce_mask)
+
+    monkeypatch.setitem(
+        module.ESTIMATORS,
+        "greedy",
+        module.Estimator(
+            greedy_step, lambda masking, samples: "needs masking=embedding" if masking == "delete" else None
+        ),
+    )
+    with pytest.raises(ConfigError, match="weighting.estimator=greedy: needs masking=embedding"):
+        check_choices(load_config(overrides=["weighting.estimator=greedy", f"output_dir={tmp_path}"]))
+    check_choices(
+        load_config(overrides=["weighting.estimator=greedy", "weighting.masking=embedding", f"output_dir={tmp_path}"])
+    )
+    model, collator = _model(tiny_llama, estimator="greedy", masking="embedding")
+    model.train()
+    out = model(collator(ITEMS))
+    assert calls and torch.isfinite(out["loss"])

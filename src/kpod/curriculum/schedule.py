@@ -17,16 +17,18 @@ from __future__ import annotations
 import bisect
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kpod.artifacts import (
     RunPaths,
+    ScheduleFile,
     atomic_write_text,
     rationale_key,
     read_difficulties,
     read_json,
     read_rationales,
-    write_json,
+    write_schedule,
 )
 from kpod.config import KPODConfig
 
@@ -175,9 +177,90 @@ def format_table(schedule: Schedule) -> str:
     return "\n".join(lines)
 
 
-def schedule_stages(cfg: KPODConfig) -> int:
-    """Stages of the curriculum: schedule.stages, else one per epoch (the paper)."""
-    return cfg.schedule.stages or cfg.train.epochs
+# How steps move from input to output over the stages: one entry per schedule.kind. Each takes the
+# stage inputs and returns the Schedule; a new kind is one decorated function here (and its test).
+
+
+@dataclass
+class ScheduleInputs:
+    difficulties: list[list[float]]  # per item, per step
+    groups: list[int]  # per item, its question's cluster
+    stages: int
+    p: float = 0.5
+    c0_ratio: float = 0.3
+    beta: float = 12.0
+    peak_fraction: float = 0.5
+
+
+SCHEDULES: dict[str, Callable[[ScheduleInputs], Schedule]] = {}
+
+
+def schedule_kind(name: str):
+    def register(build: Callable[[ScheduleInputs], Schedule]) -> Callable[[ScheduleInputs], Schedule]:
+        SCHEDULES[name] = build
+        return build
+
+    return register
+
+
+@schedule_kind("kpod")
+def kpod_schedule(x: ScheduleInputs) -> Schedule:
+    """The paper's: under the budget curve, the steps that maximise difficulty plus cluster diversity."""
+    return build_schedule(
+        x.difficulties,
+        x.groups,
+        epochs=x.stages,
+        p=x.p,
+        c0_ratio=x.c0_ratio,
+        beta=x.beta,
+        peak_fraction=x.peak_fraction,
+    )
+
+
+@schedule_kind("none")
+def whole_rationale_schedule(x: ScheduleInputs) -> Schedule:
+    """The whole rationale in the output from the first stage: the curriculum switched off."""
+    return _schedule_of([[0] * x.stages for _ in x.difficulties], x, peak=0.0)
+
+
+@schedule_kind("linear")
+def linear_schedule(x: ScheduleInputs) -> Schedule:
+    """A control that ignores difficulty and diversity: at curriculum stage t < T every item hands
+    round(n_i (t + 1) / (T + 1)) of its n_i steps to the output (about the same share each stage),
+    from T = ceil(peak_fraction * stages) on the whole rationale, as kpod's."""
+    peak = x.peak_fraction * x.stages
+    curriculum = math.ceil(peak) if x.stages >= 2 else 0
+    steps = []
+    for d in x.difficulties:
+        n = len(d)
+        steps.append(
+            [n - math.floor(n * (t + 1) / (curriculum + 1) + 0.5) if t < curriculum else 0 for t in range(x.stages)]
+        )
+    return _schedule_of(steps, x, peak=peak)
+
+
+def _schedule_of(input_steps: list[list[int]], x: ScheduleInputs, peak: float) -> Schedule:
+    """A Schedule from given c_i(t), with kpod's table (difficulty moved so far, items moved per cluster)."""
+    total = float(sum(sum(d) for d in x.difficulties))
+    table = []
+    for t in range(x.stages):
+        before = [len(d) if t == 0 else input_steps[i][t - 1] for i, d in enumerate(x.difficulties)]
+        moved = [i for i in range(len(input_steps)) if input_steps[i][t] < before[i]]
+        achieved = sum(sum(d[input_steps[i][t] :]) for i, d in enumerate(x.difficulties))
+        counts = Counter(x.groups[i] for i in moved)
+        table.append(
+            {
+                "stage": t,
+                "budget": achieved,
+                "achieved": achieved,
+                "selected": len(moved),
+                "per_cluster": {str(k): counts.get(k, 0) for k in sorted(set(x.groups))},
+                "full_rationale_items": sum(c[t] == 0 for c in input_steps),
+            }
+        )
+    return Schedule(
+        x.stages, peak, total=total, c0=table[0]["achieved"] if table else 0.0, input_steps=input_steps, table=table
+    )
 
 
 def build_schedule_file(cfg: KPODConfig) -> dict:
@@ -191,28 +274,30 @@ def build_schedule_file(cfg: KPODConfig) -> dict:
     if missing:
         raise ValueError(f"{paths.difficulties}: no difficulties for {len(missing)} rationale(s), e.g. {missing[0]}")
     s = cfg.schedule
-    stages = schedule_stages(cfg)
-    schedule = build_schedule(
-        [difficulties[k] for k in keys],
-        [clusters.get(r["id"], 0) for r in rows],
-        epochs=stages,
-        p=s.p,
-        c0_ratio=s.c0_ratio,
-        beta=s.beta,
-        peak_fraction=s.peak_fraction,
+    schedule = SCHEDULES[s.kind](
+        ScheduleInputs(
+            [difficulties[k] for k in keys],
+            [clusters.get(r["id"], 0) for r in rows],
+            stages=cfg.curriculum_stages(),
+            p=s.p,
+            c0_ratio=s.c0_ratio,
+            beta=s.beta,
+            peak_fraction=s.peak_fraction,
+        )
     )
-    write_json(
+    write_schedule(
         paths.schedule,
-        {
-            "epochs": cfg.train.epochs,
-            "stages": stages,
-            "stage_unit": "epoch" if s.stages is None else "steps",
-            "peak_stage": schedule.peak,
-            "total_difficulty": schedule.total,
-            "c0": schedule.c0,
-            "table": schedule.table,
-            "input_steps": dict(zip(keys, schedule.input_steps)),
-        },
+        ScheduleFile(
+            epochs=cfg.train.epochs,
+            stages=schedule.epochs,
+            input_steps=dict(zip(keys, schedule.input_steps)),
+            kind=s.kind,
+            stage_unit="epoch" if s.stages is None else "steps",
+            peak_stage=schedule.peak,
+            total_difficulty=schedule.total,
+            c0=schedule.c0,
+            table=schedule.table,
+        ),
     )
     text = format_table(schedule)
     atomic_write_text(paths.schedule_table, text + "\n")

@@ -64,6 +64,8 @@ def arm_name(run_dir: Path) -> str:
         parts.append("no-weights-in-difficulty")
     if not cfg["schedule"].get("progressive", True):
         parts.append("no-schedule")
+    elif cfg["schedule"].get("kind", "kpod") != "kpod":
+        parts.append(f"schedule-{cfg['schedule']['kind']}")
     if cfg["schedule"].get("beta", 12.0) == 0:
         parts.append("no-diversity")
     return "/".join(parts)

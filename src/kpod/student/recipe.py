@@ -16,7 +16,7 @@ import torch
 from transformers import TrainingArguments
 
 from kpod import placement
-from kpod.artifacts import RunPaths, rationale_key, read_json, read_rationales, read_weights, write_json
+from kpod.artifacts import RunPaths, rationale_key, read_rationales, read_schedule, read_weights, write_json
 from kpod.config import TRAINER_ARGS_DEFAULTS, ConfigError, KPODConfig
 from kpod.data.datasets import DataError, DatasetSplits
 from kpod.layout import DistillCollator, DistillExample
@@ -41,20 +41,14 @@ def build_examples(cfg: KPODConfig, paths: RunPaths, splits: DatasetSplits | Non
     weights = read_weights(paths.weights) if use_weights else {}
     schedule = {}
     if cfg.method == "kpod" and cfg.schedule.progressive:
-        if not paths.schedule.is_file():
+        data = read_schedule(paths.schedule)
+        stages = cfg.curriculum_stages()
+        if data.stages != stages or data.epochs != cfg.train.epochs:
             raise DataError(
-                f"{paths.schedule}: schedule not found (run `kpod cluster` and `kpod calculate_difficulties`, "
-                "or set schedule.progressive=false)"
+                f"{paths.schedule} was computed for {data.stages} stages over {data.epochs} epochs, but the config "
+                f"asks for {stages} over {cfg.train.epochs}; recompute it (kpod cluster)"
             )
-        data = read_json(paths.schedule, "delete it and rerun `kpod cluster`", ("epochs", "input_steps"))
-        stages = cfg.schedule.stages or cfg.train.epochs
-        if data.get("stages", data["epochs"]) != stages or data["epochs"] != cfg.train.epochs:
-            raise DataError(
-                f"{paths.schedule} was computed for {data.get('stages', data['epochs'])} stages over "
-                f"{data['epochs']} epochs, but the config asks for {stages} over {cfg.train.epochs}; "
-                "recompute it (kpod cluster)"
-            )
-        schedule = data["input_steps"]
+        schedule = data.input_steps
     examples = []
     for row in rows:
         key = rationale_key(row)

@@ -23,7 +23,7 @@ import torch
 from kpod.models import load_model, load_tokenizer
 from kpod.testing import build_tiny_model
 from kpod.weighting.data import PrefixCollator, WeightingItem
-from kpod.weighting.module import KeypointModel, TokenWeighter
+from kpod.weighting.module import ESTIMATORS, KeypointModel, TokenWeighter
 from kpod.weighting.train import export_weights, fit_keypoint_model
 
 FILLER = (
@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000, help="synthetic training rationales")
     parser.add_argument("--epochs", type=int, default=4, help="masked epochs (after the warm-up)")
     parser.add_argument("--warmup-epochs", type=int, default=8, help="epochs teaching the random reasoner the task")
-    parser.add_argument("--estimator", default="score_function", choices=["score_function", "straight_through"])
+    parser.add_argument("--estimator", default="score_function", choices=sorted(ESTIMATORS))
     parser.add_argument("--masking", default="delete", choices=["delete", "embedding"])
     parser.add_argument(
         "--reasoner-input", default="reasoner_tokens", choices=["reasoner_tokens", "contextual", "token"]

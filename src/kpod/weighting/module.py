@@ -24,6 +24,8 @@ How d E[L_k] / dw is estimated (`estimator`, docs/method.md):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -32,7 +34,6 @@ import torch.nn.functional as F
 
 from kpod.models import is_seq2seq
 
-Estimator = Literal["straight_through", "score_function"]
 ReasonerInput = Literal["contextual", "token", "reasoner_tokens"]
 Masking = Literal["embedding", "delete"]
 
@@ -138,21 +139,15 @@ class KeypointModel(nn.Module):
         tau: float = 1.0,
         mask_loss: Literal["ratio", "sum"] = "ratio",
         reasoner_input: ReasonerInput = "reasoner_tokens",
-        estimator: Estimator = "score_function",
+        estimator: str = "score_function",
         samples: int = 2,
         masking: Masking = "delete",
         warmup_mask_rate: float = 0.15,
     ):
         super().__init__()
-        if estimator not in ("straight_through", "score_function"):
-            raise ValueError(f"estimator must be 'straight_through' or 'score_function', not {estimator!r}")
-        if masking == "delete" and estimator == "straight_through":
-            raise ValueError(
-                "masking='delete' leaves no gradient path through the mask: use estimator='score_function' "
-                "or masking='embedding'"
-            )
-        if estimator == "score_function" and samples < 2:
-            raise ValueError(f"estimator='score_function' needs samples >= 2 (leave-one-out baseline), not {samples}")
+        problem = estimator_problem(estimator, masking=masking, samples=samples)
+        if problem:
+            raise ValueError(problem)
         self.weighter = weighter
         self.reasoner = reasoner
         self.seq2seq = is_seq2seq(reasoner)
@@ -219,50 +214,7 @@ class KeypointModel(nn.Module):
             l_m = reduce_mask(m)
             objective = l_p if warmup else l_p + self.alpha * l_m
             return {"loss": objective, "objective": objective, "answer_loss": l_p, "mask_loss": l_m, "w": w, "m": m}
-        if self.estimator == "straight_through":
-            m = straight_through_gumbel(w, self.tau) * valid
-            l_p = self._answer_loss_of(batch, view, m)
-            l_m = reduce_mask(m)
-            return {
-                "loss": l_p + self.alpha * l_m,
-                "objective": l_p + self.alpha * l_m,
-                "answer_loss": l_p,
-                "mask_loss": l_m,
-                "w": w,
-                "m": m,
-            }
-        return self._score_function_step(batch, view, w=w, valid=valid, reduce_mask=reduce_mask)
-
-    def _score_function_step(
-        self, batch: dict, view: torch.Tensor, w: torch.Tensor, valid: torch.Tensor, reduce_mask
-    ) -> dict:
-        k = self.samples
-        m = (torch.rand((k,) + w.shape, device=w.device) < w.detach()).to(w.dtype) * valid  # (K, R, L)
-        reasoner_learns = any(p.requires_grad for p in self.reasoner_side_parameters())
-        with torch.set_grad_enabled(reasoner_learns):
-            losses = self._prefix_losses(batch, view, m)  # (K, P)
-        eps = torch.finfo(w.dtype).eps
-        log_probs = (m * torch.log(w.clamp_min(eps)) + (1 - m) * torch.log((1 - w).clamp_min(eps))) * valid
-        owner = batch["prefix_owner"]
-        per_prefix = score_function_surrogate(losses, log_probs[:, owner], batch["prefix_length"])  # (P,)
-        rationales = w.shape[0]
-        prefixes = torch.bincount(owner, minlength=rationales).clamp_min(1)
-        surrogate = (
-            torch.zeros(rationales, dtype=per_prefix.dtype, device=per_prefix.device).index_add_(0, owner, per_prefix)
-            / prefixes
-        ).mean()
-        l_p = self._per_rationale(losses.mean(0), owner, rationales).mean()
-        expected_l_m = reduce_mask(w)  # E[m_j] = w_j: the exact gradient of E[L_m], no sampling
-        loss = surrogate + self.alpha * expected_l_m + (l_p if reasoner_learns else 0.0)
-        objective = l_p.detach() + self.alpha * expected_l_m.detach()
-        return {
-            "loss": loss,
-            "objective": objective,
-            "answer_loss": l_p.detach(),
-            "mask_loss": expected_l_m.detach(),
-            "w": w,
-            "m": m[0],
-        }
+        return ESTIMATORS[self.estimator].step(self, batch, view, w=w, valid=valid, reduce_mask=reduce_mask)
 
     def _reasoner_view(self, batch: dict, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """The reasoner's input vector for each (unmasked) rationale token: (R, L, d_reasoner)."""
@@ -352,6 +304,91 @@ class KeypointModel(nn.Module):
     def token_weights(self, rationale_ids: torch.Tensor, rationale_mask: torch.Tensor) -> torch.Tensor:
         """Deterministic w (no sampling) for export."""
         return self.weighter(rationale_ids, rationale_mask)[2]
+
+
+# How d E[L_k] / dw is estimated: one entry per estimator. A step takes the model, the batch, the
+# reasoner's view of the rationale, w (R, L), the valid-token mask and the L_m reduction, and returns
+# the dict KeypointModel.forward returns. `problem` says why other weighting settings do not fit it.
+# A new estimator is one decorated function here (and its test); weighting.estimator takes its name.
+
+
+@dataclass(frozen=True)
+class Estimator:
+    step: Callable[..., dict]
+    problem: Callable[[str, int], str | None]  # (masking, samples) -> why they do not fit, or None
+
+
+ESTIMATORS: dict[str, Estimator] = {}
+
+
+def estimator(name: str, problem: Callable[[str, int], str | None] = lambda masking, samples: None):
+    def register(step: Callable[..., dict]) -> Callable[..., dict]:
+        ESTIMATORS[name] = Estimator(step, problem)
+        return step
+
+    return register
+
+
+def estimator_problem(name: str, masking: str, samples: int) -> str | None:
+    """Why weighting.estimator (with weighting.masking and weighting.samples) cannot run, or None."""
+    if name not in ESTIMATORS:
+        return f"weighting.estimator: unknown {name!r}; known: {', '.join(sorted(ESTIMATORS))}"
+    problem = ESTIMATORS[name].problem(masking, samples)
+    return f"weighting.estimator={name}: {problem}" if problem else None
+
+
+@estimator(
+    "straight_through",
+    problem=lambda masking, samples: (
+        "masking=delete leaves no gradient path through the mask; use masking=embedding or estimator=score_function"
+        if masking == "delete"
+        else None
+    ),
+)
+def straight_through_step(model: KeypointModel, batch: dict, view, w, valid, reduce_mask) -> dict:
+    """The paper's Gumbel straight-through sample: forward 0/1, backward the soft sample."""
+    m = straight_through_gumbel(w, model.tau) * valid
+    l_p = model._answer_loss_of(batch, view, m)
+    l_m = reduce_mask(m)
+    objective = l_p + model.alpha * l_m
+    return {"loss": objective, "objective": objective, "answer_loss": l_p, "mask_loss": l_m, "w": w, "m": m}
+
+
+@estimator(
+    "score_function",
+    problem=lambda masking, samples: (
+        "needs samples >= 2 (each sample's baseline is the mean of the others)" if samples < 2 else None
+    ),
+)
+def score_function_step(model: KeypointModel, batch: dict, view, w, valid, reduce_mask) -> dict:
+    """K Bernoulli(w) masks, leave-one-out baselines, per-prefix credit, exact dE[L_m]/dw."""
+    k = model.samples
+    m = (torch.rand((k,) + w.shape, device=w.device) < w.detach()).to(w.dtype) * valid  # (K, R, L)
+    reasoner_learns = any(p.requires_grad for p in model.reasoner_side_parameters())
+    with torch.set_grad_enabled(reasoner_learns):
+        losses = model._prefix_losses(batch, view, m)  # (K, P)
+    eps = torch.finfo(w.dtype).eps
+    log_probs = (m * torch.log(w.clamp_min(eps)) + (1 - m) * torch.log((1 - w).clamp_min(eps))) * valid
+    owner = batch["prefix_owner"]
+    per_prefix = score_function_surrogate(losses, log_probs[:, owner], batch["prefix_length"])  # (P,)
+    rationales = w.shape[0]
+    prefixes = torch.bincount(owner, minlength=rationales).clamp_min(1)
+    surrogate = (
+        torch.zeros(rationales, dtype=per_prefix.dtype, device=per_prefix.device).index_add_(0, owner, per_prefix)
+        / prefixes
+    ).mean()
+    l_p = model._per_rationale(losses.mean(0), owner, rationales).mean()
+    expected_l_m = reduce_mask(w)  # E[m_j] = w_j: the exact gradient of E[L_m], no sampling
+    loss = surrogate + model.alpha * expected_l_m + (l_p if reasoner_learns else 0.0)
+    objective = l_p.detach() + model.alpha * expected_l_m.detach()
+    return {
+        "loss": loss,
+        "objective": objective,
+        "answer_loss": l_p.detach(),
+        "mask_loss": expected_l_m.detach(),
+        "w": w,
+        "m": m[0],
+    }
 
 
 def _distance_from_end_encoding(attention_mask: torch.Tensor, width: int) -> torch.Tensor:
