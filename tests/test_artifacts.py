@@ -44,3 +44,25 @@ def test_an_unwritable_folder_names_the_file_not_a_temporary_one(tmp_path, monke
     monkeypatch.setattr(tempfile, "mkstemp", fail)
     with pytest.raises(DataError, match=remedy):
         write_json(tmp_path / "other.json", {})
+
+
+def test_schedule_file_round_trips_reads_old_files_and_refuses_malformed_ones(tmp_path):
+    import json
+
+    import pytest
+
+    from kpod.artifacts import ScheduleFile, read_schedule, write_schedule
+    from kpod.data.datasets import DataError
+
+    path = tmp_path / "schedule.json"
+    written = ScheduleFile(epochs=6, stages=8, input_steps={"q1#0": [3, 2, 1, 1, 0, 0, 0, 0]}, kind="linear")
+    write_schedule(path, written)
+    assert read_schedule(path) == written
+    path.write_text(json.dumps({"epochs": 2, "input_steps": {"q1#0": [1, 0]}, "c0": 3.0}))  # before stages/kind
+    old = read_schedule(path)
+    assert (old.stages, old.kind, old.c0) == (2, "kpod", 3.0)
+    path.write_text(json.dumps({"epochs": 2, "stages": 3, "input_steps": {"q1#0": [1, 0]}}))
+    with pytest.raises(DataError, match="3 step counts"):
+        read_schedule(path)
+    with pytest.raises(DataError, match="schedule not found"):
+        read_schedule(tmp_path / "missing.json")
