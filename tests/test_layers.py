@@ -8,7 +8,7 @@ import kpod
 
 PACKAGE = Path(kpod.__file__).parent
 ENTRY_POINTS = {"cli", "quickstart", "integrations"}
-ORCHESTRATION = {"pipeline", "report", "export"}
+ORCHESTRATION = {"pipeline", "report", "pages", "export"}
 STAGES = {"teacher", "weighting", "curriculum", "student", "evaluation"}
 
 

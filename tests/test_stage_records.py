@@ -134,9 +134,9 @@ def test_readers_of_a_stage_output_refuse_it_when_stale(finished_tiny_run, tmp_p
     the rationales were regenerated their offsets would land on other text."""
     from kpod.cli import main
     from kpod.export import export_weights
+    from kpod.pages import show_weights
     from kpod.report import write_report
     from kpod.weighting.faithfulness import measure_faithfulness
-    from kpod.weighting.view import show_weights
 
     run, _ = finished_tiny_run
     copy = tmp_path / "run"

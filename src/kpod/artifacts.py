@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import json
-import os
-import tempfile
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kpod.data.datasets import DataError, read_jsonl
+from kpod.files import (  # noqa: F401 - also imported from here
+    DataError,
+    atomic_write_text,
+    read_json,
+    read_jsonl,
+    write_json,
+    write_jsonl,
+)
 from kpod.token_weights import TokenWeights
 
 
@@ -118,66 +119,6 @@ class RunPaths:
     @property
     def report_files(self) -> Path:
         return self.root / "report_files"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give: a folder shared with a group stays readable
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file. A folder that cannot
-    be written (read-only, full disk) is a DataError naming the file; the temporary file is removed."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise DataError(f"{path}: cannot write it ({exc.strerror or exc}); {_remedy(exc)}") from None
-
-
-def _remedy(exc: OSError) -> str:
-    if exc.errno == errno.ENOSPC:
-        return "the disk is full: free space, then rerun the same command"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "the folder is not writable: fix its permissions or choose another --output-dir"
-    return "check the folder, then rerun the same command"
-
-
-def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def write_json(path: Path, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-
-
-def read_json(path: Path, remedy: str, keys: tuple[str, ...] = ()) -> dict:
-    """A run-folder JSON file, or a DataError naming the file and what to do (`remedy`) when it is
-    missing, not UTF-8, not JSON, or lacks one of `keys`."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found; {remedy}") from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"{path}: damaged ({exc.__class__.__name__}: {exc}); {remedy}") from None
-    missing = [k for k in keys if not isinstance(data, dict) or k not in data]
-    if missing:
-        raise DataError(f"{path}: not a file kpod wrote here (no {', '.join(missing)}); {remedy}")
-    return data
 
 
 def rationale_key(row: dict) -> str:

@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return _run(run)
     if args.stage == "show_weights":
-        from kpod.weighting.view import show_weights
+        from kpod.pages import show_weights
 
         return _run(lambda: show_weights(args.run_dir, args.n, args.html))
     _setup_logging(args.quiet)

@@ -7,6 +7,7 @@ from kpod.artifacts import write_json, write_jsonl
 from kpod.cli import main
 from kpod.data.datasets import DataError
 from kpod.models import load_tokenizer
+from kpod.pages import html_block, within_rationale_ranks
 from kpod.rationale import split_steps
 from kpod.weighting.faithfulness import (
     Judge,
@@ -16,7 +17,6 @@ from kpod.weighting.faithfulness import (
     measure_faithfulness,
     ranked,
 )
-from kpod.weighting.view import html_block, within_rationale_ranks
 
 RATIONALE = "She sold 48/2 = 24 clips in May. So she sold 48+24 = 72 clips."
 

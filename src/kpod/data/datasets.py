@@ -6,7 +6,6 @@ data folder, the official splits come from the Hugging Face Hub.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -15,16 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from kpod.files import DataError, read_json, read_jsonl  # noqa: F401 - also imported from here
 from kpod.rationale import Task, normalize_gold
 
 DATASETS = ("gsm8k", "asdiv", "svamp", "commonsenseqa")
 DATASET_TASK: dict[str, Task] = {"gsm8k": "math", "asdiv": "math", "svamp": "math", "commonsenseqa": "choice"}
 _MCC_KD_FOLDER = {"gsm8k": "GSM8K", "asdiv": "ASDiv", "svamp": "SVAMP", "commonsenseqa": "CSQA"}
 _ALIASES = {"csqa": "commonsenseqa", "cqa": "commonsenseqa"}
-
-
-class DataError(ValueError):
-    """A data file is missing or malformed; the message names the file (and line)."""
 
 
 @dataclass
@@ -63,41 +59,6 @@ def canonical_dataset(name: str) -> str:
 def default_data_dir() -> Path | None:
     value = os.environ.get("KPOD_DATA_DIR")
     return Path(value) if value else None
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    rows = []
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"{path}:{number}: not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
-                ) from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: malformed JSON line ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
-
-
-def read_json(path: Path):
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
 
 
 def _require(row: dict, keys: Iterable[str], where: str) -> None:

@@ -1,4 +1,5 @@
-"""Rationales with each token marked by its weight (as in the paper's Figure 2): terminal and HTML."""
+"""Pages that show token weights (the report's and `kpod show_weights`'): rationales with each token marked
+by its weight, as in the paper's Figure 2, for the terminal and HTML, and the pages' style."""
 
 from __future__ import annotations
 
