@@ -9,12 +9,12 @@ same outputs as the first.
 """
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import data_root  # bench/common.py: bench/ is on sys.path when a bench runs
 
 from kpod.data import load_dataset_splits
 from kpod.decoding import greedy_continuations
@@ -41,7 +41,7 @@ def main() -> None:
         name = args.model or str(
             build_tiny_model(
                 "llama",
-                Path(os.environ.get("KPOD_DATA_DIR", "../shared/data")) / "tokenizers/llama",
+                data_root() / "tokenizers/llama",
                 Path(tmp) / "tiny",
                 hidden=256,
                 layers=4,

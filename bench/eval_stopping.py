@@ -7,11 +7,10 @@ decoded both ways in one process; prints the time ratio and whether the cleaned 
 """
 
 import argparse
-import os
 import time
-from pathlib import Path
 
 import torch
+from common import data_root  # bench/common.py: bench/ is on sys.path when a bench runs
 
 from kpod.data import load_dataset_splits
 from kpod.decoding import clean_generation, greedy_continuations
@@ -27,7 +26,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
     torch.manual_seed(0)
-    root = Path(os.environ.get("KPOD_DATA_DIR", "../shared/data"))
+    root = data_root()
     prompts = [format_prompt(q.question) for q in load_dataset_splits("svamp", root).test[: args.questions]]
     model, tokenizer = load_student(args.model)
     seconds, outputs = {}, {}

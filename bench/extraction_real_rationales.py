@@ -7,8 +7,8 @@ Distilling step-by-step (SVAMP and CommonsenseQA, train and test), matched to ou
 """
 
 import argparse
-import os
-from pathlib import Path
+
+from common import data_root  # bench/common.py: bench/ is on sys.path when a bench runs
 
 from kpod.data import load_dataset_splits
 from kpod.teacher.importers import import_rationales
@@ -18,7 +18,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--show-misses", type=int, default=0)
     args = parser.parse_args()
-    root = Path(os.environ.get("KPOD_DATA_DIR", "../shared/data"))
+    root = data_root()
     svamp = load_dataset_splits("svamp", root, "official").test  # all 1000 SVAMP questions
     csqa = load_dataset_splits("commonsenseqa", root, "official")
     sources = [

@@ -12,9 +12,10 @@ paper's setting; resumable (one JSON line per finished run in --out).
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
+
+from common import data_root  # bench/common.py: bench/ is on sys.path when a bench runs
 
 from kpod.weighting.diagnostic import run_keypoint_diagnostic
 
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--ablations", action="store_true", help="revert each deviation alone, every seed")
     parser.add_argument("--out", type=Path, default=Path("bench/out/keypoint_diagnostic.jsonl"))
     args = parser.parse_args()
-    tokenizer = Path(os.environ.get("KPOD_DATA_DIR", "../shared/data")) / "tokenizers" / "llama"
+    tokenizer = data_root() / "tokenizers" / "llama"
     extra = {} if args.alpha is None else {"alpha": args.alpha}
     if args.ablations:  # seed by seed, so that an interrupted run leaves whole seeds
         rows = [("default", {}), *REVERSIONS.items(), ("paper", PAPER)]

@@ -7,13 +7,12 @@ process, alternated; prints the median ratio and whether the continuations are i
 """
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
+from common import data_root  # bench/common.py: bench/ is on sys.path when a bench runs
 
 from kpod.data import load_dataset_splits
 from kpod.decoding import greedy_continuations
@@ -33,7 +32,7 @@ def main() -> None:
     if args.smoke:
         args.questions, args.max_new_tokens, args.repeats = 4, 8, 1
     torch.manual_seed(0)
-    root = Path(os.environ.get("KPOD_DATA_DIR", "../shared/data"))
+    root = data_root()
     prompts = [format_prompt(q.question) for q in load_dataset_splits("svamp", root).test[: args.questions]]
     with tempfile.TemporaryDirectory() as tmp:
         model, tokenizer = load_student(str(build_tiny_model("llama", root / "tokenizers" / args.tokenizer, tmp)))

@@ -17,9 +17,10 @@ Resumable: each arm is a run folder under --out, and finished stages are skipped
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
+
+from common import data_root  # bench/common.py: bench/ is on sys.path when a bench runs
 
 from kpod import pipeline
 from kpod.artifacts import RunPaths, write_jsonl
@@ -71,7 +72,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench/out/svamp_smollm2")
     parser.add_argument("--max-new-tokens", type=int, default=160)
     args = parser.parse_args()
-    root = Path(os.environ.get("KPOD_DATA_DIR", "../shared/data"))
+    root = data_root()
     out = Path(args.out) / f"q{args.questions}-e{args.epochs}-s{args.seed}"
     teacher_file = Path(args.out) / "gpt35_first_correct.jsonl"
     if not teacher_file.is_file():

@@ -22,11 +22,11 @@ runs, the faithfulness of its token weights to --csv-dir/<run>/faithfulness.json
 import argparse
 import csv
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
+from common import data_root  # bench/common.py: bench/ is on sys.path when a bench runs
 from svamp_smollm2 import ARMS, STUDENT_SETTINGS, first_correct_rationales  # bench/ is on sys.path as a script
 
 from kpod import pipeline
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench/out/svamp_study")
     parser.add_argument("--csv-dir", default="bench/results/svamp_study")
     args = parser.parse_args()
-    root = Path(os.environ.get("KPOD_DATA_DIR", "../shared/data"))
+    root = data_root()
     out, csv_dir = Path(args.out), Path(args.csv_dir)
     teacher_file = out / "gpt35_first_correct.jsonl"
     if not teacher_file.is_file():

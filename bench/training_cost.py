@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import data_root  # bench/common.py: bench/ is on sys.path when a bench runs
+
 PAPER_WEIGHTING = {
     "weighting.estimator": "straight_through",
     "weighting.masking": "embedding",
@@ -123,7 +125,6 @@ def main() -> None:
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print("RESULT " + json.dumps(result))
         return
-    import os
 
     from kpod.testing import build_tiny_model
 
@@ -131,7 +132,7 @@ def main() -> None:
         model = args.model or str(
             build_tiny_model(
                 "llama",
-                Path(os.environ.get("KPOD_DATA_DIR", "../shared/data")) / "tokenizers/llama",
+                data_root() / "tokenizers/llama",
                 Path(tmp) / "tiny",
                 hidden=256,
                 layers=4,

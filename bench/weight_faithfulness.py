@@ -11,10 +11,10 @@ Resumable: a seed whose faithfulness.json exists is only printed.
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
+from common import data_root  # bench/common.py: bench/ is on sys.path when a bench runs
 from svamp_smollm2 import first_correct_rationales  # bench/ is on sys.path when run as a script
 
 from kpod import pipeline
@@ -35,7 +35,7 @@ def main() -> None:
         "--fractions", default="", help="also delete these shares (e.g. 0.05,0.1): weights/faithfulness-<q>.json"
     )
     args = parser.parse_args()
-    root = Path(os.environ.get("KPOD_DATA_DIR", "../shared/data"))
+    root = data_root()
     teacher_file = Path(args.out) / f"gpt35_first_correct_{args.train + args.heldout}.jsonl"
     if not teacher_file.is_file():
         print(
