@@ -199,3 +199,20 @@ def test_inputs_outside_the_run_folder_are_fingerprinted(tmp_path, tiny_llama, d
         record["inputs"] = {k: v for k, v in record.get("inputs", {}).items() if not k.startswith(("dataset", "base"))}
     assert pipeline.why_stale(cfg, "generate", manifest) is None
     assert pipeline.why_stale(cfg, "train_token_weighting", manifest) is None
+
+
+def test_the_stage_table_drives_the_cli_the_dispatch_and_the_records():
+    from kpod import cli, stages
+
+    names = [s.name for s in stages.STAGES]
+    assert names == ["generate", "train_token_weighting", "calculate_difficulties", "cluster", "train", "evaluate"]
+    assert list(pipeline.STAGE_FUNCTIONS) == names
+    assert cli.STAGE_NAMES == (*names, "full_pipeline")
+    assert set(cli.build_parser()._subparsers._group_actions[0].choices) >= set(cli.STAGE_NAMES)
+    assert stages.PRODUCERS == {
+        "rationales": "generate",
+        "weights": "train_token_weighting",
+        "difficulty": "calculate_difficulties",
+        "schedule": "cluster",
+    }
+    assert [s.name for s in stages.STAGES if not s.kpod_only] == ["generate", "train", "evaluate"]

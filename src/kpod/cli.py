@@ -11,16 +11,9 @@ import sys
 from kpod.config import ConfigError, load_config
 from kpod.data.datasets import DataError
 from kpod.endpoint import EndpointError
+from kpod.stages import STAGES
 
-STAGE_NAMES = (
-    "generate",
-    "train_token_weighting",
-    "calculate_difficulties",
-    "cluster",
-    "train",
-    "evaluate",
-    "full_pipeline",
-)
+STAGE_NAMES = (*(s.name for s in STAGES), "full_pipeline")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

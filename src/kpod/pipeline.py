@@ -34,10 +34,11 @@ from kpod.records import (  # noqa: F401 - NOT_INPUTS, StaleInputError: part of 
     why_stale,
 )
 from kpod.runlock import run_folder_lock
+from kpod.stages import STAGES
 
 log = logging.getLogger("kpod")
 
-STAGES = ("generate", "train_token_weighting", "calculate_difficulties", "cluster", "train", "evaluate")
+STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
 def load_splits(cfg: KPODConfig) -> DatasetSplits:
@@ -306,7 +307,7 @@ def full_pipeline(cfg: KPODConfig, model_path: str | None = None, force: bool = 
 
 
 def _run_stages(cfg: KPODConfig, model_path: str | None, force: bool) -> dict:
-    stages = [s for s in STAGES if cfg.method == "kpod" or s in ("generate", "train", "evaluate")]
+    stages = [s.name for s in STAGES if cfg.method == "kpod" or not s.kpod_only]
     results = {}
     for stage in stages:
         record_name = f"evaluate/{cfg.eval.split}" if stage == "evaluate" else stage
@@ -332,11 +333,4 @@ def _run_stages(cfg: KPODConfig, model_path: str | None, force: bool) -> dict:
     return results
 
 
-STAGE_FUNCTIONS = {
-    "generate": generate,
-    "train_token_weighting": train_token_weighting,
-    "calculate_difficulties": calculate_difficulties,
-    "cluster": cluster,
-    "train": train,
-    "evaluate": evaluate,
-}
+STAGE_FUNCTIONS = {name: globals()[name] for name in STAGE_NAMES}  # each stage runs as the function of its name

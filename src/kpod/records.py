@@ -19,6 +19,7 @@ from kpod import placement
 from kpod.artifacts import RunPaths, read_json
 from kpod.config import KPODConfig
 from kpod.data.datasets import DataError, dataset_folders, default_data_dir
+from kpod.stages import BY_NAME, PRODUCERS
 
 log = logging.getLogger("kpod")
 
@@ -53,42 +54,15 @@ ROLE_PREFIXES = ("dataset ", "base model folder")
 
 
 def _run_folder_inputs(cfg: KPODConfig, stage: str) -> list[Path]:
-    p = RunPaths(cfg.run_dir)
-    c = cfg.snapshot()
-    if stage == "train_token_weighting":
-        return [p.rationales("train")]
-    if stage == "calculate_difficulties":
-        return [p.rationales("train")] + ([p.weights] if c["difficulty"]["use_weights"] else [])
-    if stage == "cluster":
-        return [p.rationales("train")] + ([p.difficulties] if p.difficulties.is_file() else [])
-    if stage == "train":
-        if c["method"] == "std-cot":
-            return [p.rationales("train")]
-        weights = [] if c["train"]["uniform_weights"] else [p.weights]
-        schedule = [p.schedule] if c["schedule"]["progressive"] else []
-        return [p.rationales("train")] + weights + schedule
-    return []
+    record = BY_NAME.get(stage)
+    return record.reads(RunPaths(cfg.run_dir), cfg.snapshot()) if record else []
 
 
 def outputs(cfg: KPODConfig, stage: str) -> list[Path]:
     p = RunPaths(cfg.run_dir)
     if stage.startswith("evaluate/"):
         return [p.eval_dir(stage.split("/", 1)[1]) / "metrics.json"]
-    return {
-        "generate": [p.rationales("train")],
-        "train_token_weighting": [p.weights],
-        "calculate_difficulties": [p.difficulties],
-        "cluster": [p.clusters],
-        "train": [p.student / "kpod_student.json"],
-    }[stage]
-
-
-_PRODUCERS = {
-    "rationales": "generate",
-    "weights": "train_token_weighting",
-    "difficulty": "calculate_difficulties",
-    "schedule": "cluster",
-}
+    return BY_NAME[stage].writes(p)
 
 
 def _digest(path: Path) -> str:
@@ -190,7 +164,7 @@ def check_upstream(cfg: KPODConfig, stage: str, manifest: dict) -> None:
 def _stale_upstream(cfg: KPODConfig, stage: str, manifest: dict, seen: set) -> tuple[Path, str, str] | None:
     root = RunPaths(cfg.run_dir).root
     for path in _run_folder_inputs(cfg, stage):
-        producer = _PRODUCERS.get(path.parent.name) if path.parent.parent == root else None
+        producer = PRODUCERS.get(path.parent.name) if path.parent.parent == root else None
         if producer is None or producer in seen or not path.is_file():
             continue
         seen.add(producer)
