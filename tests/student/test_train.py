@@ -281,24 +281,23 @@ def test_tensorboard_logging(tmp_path, tiny_t5):
     assert list((tmp_path / "run" / "logs" / "tensorboard").rglob("events.out.tfevents.*"))
 
 
+def _staged_run(tmp_path, model, **extra):
+    """A KPOD run folder with 4 schedule stages over 2 epochs, every stage before `train` done."""
+    cfg = _cfg(
+        tmp_path / "run",
+        model,
+        **{"method": "kpod", "schedule.stages": 4, "train.epochs": 2, "weighting.epochs": 1, **extra},
+    )
+    for stage in ("generate", "train_token_weighting", "calculate_difficulties", "cluster"):
+        pipeline.STAGE_FUNCTIONS[stage](cfg)
+    return cfg
+
+
 def test_schedule_stages_advance_at_step_boundaries(tmp_path, tiny_llama, monkeypatch):
     """schedule.stages=4 over 2 epochs of 3 steps: stages switch every 1.5 steps, at step ends."""
     from kpod.student.data import DistillDataset
 
-    cfg = _cfg(
-        tmp_path / "run",
-        tiny_llama,
-        **{
-            "method": "kpod",
-            "schedule.stages": 4,
-            "train.epochs": 2,
-            "train.batch_size": 4,
-            "train.save_checkpoints": False,
-            "weighting.epochs": 1,
-        },
-    )
-    for stage in ("generate", "train_token_weighting", "calculate_difficulties", "cluster"):
-        pipeline.STAGE_FUNCTIONS[stage](cfg)
+    cfg = _staged_run(tmp_path, tiny_llama, **{"train.batch_size": 4, "train.save_checkpoints": False})
     schedule = json.loads((tmp_path / "run" / "schedule/schedule.json").read_text())
     assert schedule["stages"] == 4 and schedule["epochs"] == 2 and len(schedule["table"]) == 4
     assert all(len(c) == 4 for c in schedule["input_steps"].values())
@@ -337,21 +336,15 @@ def test_the_stage_reaches_dataloader_workers(tmp_path, tiny_llama, sampling):
     from kpod.student.recipe import build_examples, build_trainer
     from kpod.student.trainer import stage_at_step
 
-    cfg = _cfg(
-        tmp_path / "run",
+    cfg = _staged_run(
+        tmp_path,
         tiny_llama,
         **{
-            "method": "kpod",
-            "schedule.stages": 4,
-            "train.epochs": 2,
             "train.batch_size": 2,
-            "weighting.epochs": 1,
             "train.trainer_args.dataloader_num_workers": 2,
             "train.trainer_args.train_sampling_strategy": sampling,
         },
     )
-    for stage in ("generate", "train_token_weighting", "calculate_difficulties", "cluster"):
-        pipeline.STAGE_FUNCTIONS[stage](cfg)
     paths = RunPaths(cfg.run_dir)
     examples = build_examples(cfg, paths)
     assert any(len(set(e.input_steps)) > 2 for e in examples)
