@@ -18,6 +18,7 @@ def data_root() -> Path:
 # name -> (kind, tokenizer folder under <data>/tokenizers, config keywords); "tiny" is the tests' shape
 SHAPES = {
     "tiny": ("llama", "smollm2", {"hidden": 64, "layers": 2}),
+    "small-llama": ("llama", "llama", {"hidden": 256, "layers": 4}),  # the LLaMA tokenizer, 256 wide, 4 layers
     "smollm2-135m": ("llama", "smollm2", "config.json"),
     "llama-1b": (
         "llama",
@@ -49,7 +50,7 @@ SHAPES = {
 
 
 def shaped_config(shape: str, root: Path | None = None):
-    """The transformers config of a named shape (not of "tiny")."""
+    """The transformers config of a named real shape (not of the tests' small ones)."""
     from transformers import AutoConfig, LlamaConfig, T5Config
 
     from kpod.models import load_tokenizer
@@ -75,7 +76,7 @@ def build_shaped_model(shape: str, out_dir: Path, root: Path | None = None, dtyp
 
     root = root or data_root()
     kind, tokenizer_folder, spec = SHAPES[shape]
-    if shape == "tiny":
+    if isinstance(spec, dict) and "hidden" in spec:  # the tests' small shapes
         return build_tiny_model(kind, root / "tokenizers" / tokenizer_folder, out_dir, **spec)
     if (out_dir / "config.json").is_file():
         return out_dir

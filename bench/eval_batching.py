@@ -14,13 +14,12 @@ import time
 from pathlib import Path
 
 import torch
-from common import data_root  # bench/common.py: bench/ is on sys.path when a bench runs
+from common import build_shaped_model  # bench/common.py: bench/ is on sys.path when a bench runs
 
 from kpod.data import load_dataset_splits
 from kpod.decoding import greedy_continuations
 from kpod.models import load_student, merge_adapter
 from kpod.rationale import format_prompt
-from kpod.testing import build_tiny_model
 
 
 def main() -> None:
@@ -38,15 +37,7 @@ def main() -> None:
     settings = [(s.split(":")[0], int(s.split(":")[1])) for s in args.settings.split(",")]
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        name = args.model or str(
-            build_tiny_model(
-                "llama",
-                data_root() / "tokenizers/llama",
-                Path(tmp) / "tiny",
-                hidden=256,
-                layers=4,
-            )
-        )
+        name = args.model or str(build_shaped_model("small-llama", Path(tmp) / "tiny"))
         prompts = [format_prompt(q.question) for q in load_dataset_splits(args.dataset).test[: args.questions]]
         print(
             f"model {args.model or 'tiny LLaMA (hidden 256, 4 layers)'}, {len(prompts)} {args.dataset} questions, {args.max_new_tokens} new tokens"

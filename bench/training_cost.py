@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import data_root  # bench/common.py: bench/ is on sys.path when a bench runs
+from common import build_shaped_model  # bench/common.py: bench/ is on sys.path when a bench runs
 
 PAPER_WEIGHTING = {
     "weighting.estimator": "straight_through",
@@ -126,18 +126,8 @@ def main() -> None:
         print("RESULT " + json.dumps(result))
         return
 
-    from kpod.testing import build_tiny_model
-
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or str(
-            build_tiny_model(
-                "llama",
-                data_root() / "tokenizers/llama",
-                Path(tmp) / "tiny",
-                hidden=256,
-                layers=4,
-            )
-        )
+        model = args.model or str(build_shaped_model("small-llama", Path(tmp) / "tiny"))
         results = {}
         for name in args.arms.split(","):
             work = Path(tmp) / name
