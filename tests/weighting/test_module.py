@@ -278,3 +278,23 @@ def test_a_new_estimator_is_one_registered_function(tiny_llama, monkeypatch, tmp
     model.train()
     out = model(collator(ITEMS))
     assert calls and torch.isfinite(out["loss"])
+
+
+def test_a_saved_weighting_module_weighs_rationales_as_when_it_was_trained(finished_tiny_run):
+    """weights/module.pt, loaded on its student, gives every rationale the weights the stage stored,
+    so it can weigh rationales it never saw (bench/faithfulness_unseen.py)."""
+    from kpod.artifacts import RunPaths, rationale_key, read_rationales
+    from kpod.data.datasets import read_jsonl
+    from kpod.weighting.train import export_weights, load_weighting_module
+
+    run, _ = finished_tiny_run
+    stored = read_jsonl(RunPaths(run).weights)
+    rows = {rationale_key(r): r for r in read_rationales(RunPaths(run).rationales("train"), include_incorrect=True)}
+    model, collator = load_weighting_module(run)
+    items = [
+        WeightingItem(s["key"], rows[s["key"]]["rationale"], rows[s["key"]]["steps"], rows[s["key"]]["question"], "1")
+        for s in stored
+    ]
+    again = export_weights(model, collator, items)
+    assert [r["weights"] for r in again] == [s["weights"] for s in stored]
+    assert len({w for s in stored for w in s["weights"]}) > 1

@@ -140,11 +140,42 @@ def measure_faithfulness(
         raise ValueError(f"fraction must be between 0 and 1, not {fraction}")
     paths = RunPaths(run_dir)
     require_fresh(paths.root, "train_token_weighting")
-    weights = heldout_weights(paths, limit)
-    judge_name = judge or _student_of(paths)
-    scorer = Judge(judge_name, batch_size, dtype)
-    rng = random.Random(seed)
     rationales = {rationale_key(r): r for r in read_rationales(paths.rationales("train"), include_incorrect=True)}
+    result = deletion_test(
+        heldout_weights(paths, limit),
+        rationales,
+        judge or _student_of(paths),
+        fraction=fraction,
+        draws=draws,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        judge_cache=judge_cache,
+        dtype=dtype,
+    )
+    write_json(Path(out) if out else paths.faithfulness, result)
+    return result
+
+
+def deletion_test(
+    weights: list[dict],
+    rationales: dict[str, dict],
+    judge: str,
+    *,
+    fraction: float = 0.2,
+    draws: int = 3,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool = True,
+    judge_cache: dict | None = None,
+    dtype: str | None = None,
+) -> dict:
+    """The deletion test of any token weights (rows of weights.jsonl's form: key, tokens, offsets, weights)
+    on their rationales (rationale rows by key: question, rationale, gold), judged by `judge`."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be between 0 and 1, not {fraction}")
+    scorer = Judge(judge, batch_size, dtype)
+    rng = random.Random(seed)
     per_rationale = [
         _deletion_damages(
             scorer, rationales[row["key"]], row, fraction=fraction, draws=draws, rng=rng, cache=judge_cache
@@ -152,10 +183,9 @@ def measure_faithfulness(
         for row in tqdm(weights, desc="faithfulness", disable=not progress)
     ]
     result = summarize_damages(per_rationale)
-    result.update({"judge": judge_name, "fraction": fraction, "random_draws": draws})
+    result.update({"judge": judge, "fraction": fraction, "random_draws": draws})
     result["auc_digits_operators"] = weight_auc(weights)
     result["per_rationale"] = per_rationale
-    write_json(Path(out) if out else paths.faithfulness, result)
     return result
 
 

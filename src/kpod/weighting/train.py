@@ -157,6 +157,31 @@ def export_weights(
     return rows
 
 
+def load_weighting_module(run_dir) -> tuple[KeypointModel, PrefixCollator]:
+    """A run's trained weighting module (weights/module.pt, on the student it was trained for) and its
+    collator, to weigh rationales it never saw: `export_weights(model, collator, items)`."""
+    from kpod.config import load_config
+
+    paths = RunPaths(run_dir)
+    saved = torch.load(paths.weighting_module, map_location="cpu", weights_only=True)
+    cfg = load_config(paths.config_snapshot("train_token_weighting"), {"output_dir": str(paths.root)})
+    model, student_tok, reasoner_tok = build_keypoint_model(cfg, saved["student"])
+    missing, unexpected = model.load_state_dict(saved["state_dict"], strict=False)
+    if unexpected or any(not k.startswith(("reasoner.", "weighter.embed.")) for k in missing):
+        raise ValueError(f"{paths.weighting_module} does not fit this module ({unexpected or missing})")
+    w = cfg.weighting
+    collator = PrefixCollator(
+        student_tok,
+        reasoner_tok,
+        reasoner_seq2seq=is_seq2seq(model.reasoner),
+        prefixes=w.prefixes,
+        max_rationale_tokens=w.max_rationale_tokens,
+        max_question_tokens=w.max_question_tokens,
+        seed=cfg.seed,
+    )
+    return model.eval(), collator
+
+
 def held_out_questions(question_ids: list[str], holdout: float) -> set[str]:
     """Questions whose rationales the module does not train on (a fraction below 1, else a count).
     Chosen by a hash of the id, not by the seed, so runs with different seeds hold out the same ones."""
