@@ -6,7 +6,8 @@ LoRA and curriculum stages for every arm). Every run is evaluated, without model
 300 held-out SVAMP questions (MCC-KD dev + test) and on the ASDiv test split (314, out of
 distribution). Arms: base, std-cot, kpod, kpod-uniform (no token weights), kpod-no-schedule and, after
 the study, kpod-floor (train.weight_floor=0.5: every token keeps at least half of a full weight) and
-kpod-added (the curriculum added before the full-rationale epochs, not in their place; see svamp_smollm2.ARMS).
+kpod-added (the curriculum added before the full-rationale epochs, not in their place) and kpod-linear
+(schedule.kind=linear, the control blind to difficulty and diversity); see svamp_smollm2.ARMS.
 
 Runs go in the order of `--plan` (arm:seed), most informative first; each is a run folder under
 --out, resumable (finished stages and evaluations are skipped). After each run its per-question
@@ -115,7 +116,7 @@ def main() -> None:
         asdiv = load_config(overrides=overrides + ["dataset=asdiv"])
         model_path = "smollm2" if arm == "base" else None
         start = time.time()
-        if arm in ("kpod-uniform", "kpod-no-schedule", "kpod-floor", "kpod-added"):
+        if arm in ("kpod-uniform", "kpod-no-schedule", "kpod-floor", "kpod-added", "kpod-linear"):
             reuse_upstream(out / f"kpod-s{seed}", run_dir)
         trained = (run_dir / "train" / "summary.json").is_file() and (run_dir / "student").is_dir()
         if arm != "base" and not trained:  # a trained run is not retrained (even by a later kpod version)
