@@ -49,14 +49,6 @@ def autocast(setting: str | None):
     return torch.autocast(device_type=device().type, dtype=dtype)
 
 
-def place(model, setting: str | None = None, *, trained_whole: bool = False):
-    """The model on this process's device, in its dtype (float32 when its weights are trained whole)."""
-    name = "float32" if trained_whole else dtype_name(setting)
-    if name != "auto":
-        model = model.to(dtype=DTYPES[name])
-    return model.to(device())
-
-
 def to_device(batch: dict, where: torch.device | None = None) -> dict:
     """A batch of tensors (and other values, kept as they are) on `where` (default: this process's device)."""
     where = where or device()

@@ -92,6 +92,11 @@ class DistillTrainer(Trainer):
         loader = super().get_train_dataloader()
         holder = loader.batch_sampler
         holder = getattr(holder, "batch_sampler", holder)  # under data parallelism: BatchSamplerShard's inner one
+        if not hasattr(holder, "sampler"):
+            raise ValueError(
+                f"train.trainer_args.train_sampling_strategy={self.args.train_sampling_strategy} builds whole "
+                "batches itself, so the curriculum cannot give items their stage: use 'random' or 'group_by_length'"
+            )
         staged = StagedSampler(
             holder.sampler,
             self.stages,
