@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from kpod import placement
 from kpod.artifacts import RunPaths, rationale_key, read_rationales, write_json, write_jsonl
-from kpod.config import KPODConfig
+from kpod.config import KPODConfig, load_config
 from kpod.models import add_lora, is_seq2seq, load_model, load_tokenizer
 from kpod.weighting.data import PrefixCollator, WeightingItem
 from kpod.weighting.module import KeypointModel, TokenWeighter
@@ -160,8 +160,6 @@ def export_weights(
 def load_weighting_module(run_dir) -> tuple[KeypointModel, PrefixCollator]:
     """A run's trained weighting module (weights/module.pt, on the student it was trained for) and its
     collator, to weigh rationales it never saw: `export_weights(model, collator, items)`."""
-    from kpod.config import load_config
-
     paths = RunPaths(run_dir)
     saved = torch.load(paths.weighting_module, map_location="cpu", weights_only=True)
     cfg = load_config(paths.config_snapshot("train_token_weighting"), {"output_dir": str(paths.root)})
@@ -169,8 +167,12 @@ def load_weighting_module(run_dir) -> tuple[KeypointModel, PrefixCollator]:
     missing, unexpected = model.load_state_dict(saved["state_dict"], strict=False)
     if unexpected or any(not k.startswith(("reasoner.", "weighter.embed.")) for k in missing):
         raise ValueError(f"{paths.weighting_module} does not fit this module ({unexpected or missing})")
+    return model.eval(), prefix_collator(cfg, model, student_tok, reasoner_tok)
+
+
+def prefix_collator(cfg: KPODConfig, model: KeypointModel, student_tok, reasoner_tok) -> PrefixCollator:
     w = cfg.weighting
-    collator = PrefixCollator(
+    return PrefixCollator(
         student_tok,
         reasoner_tok,
         reasoner_seq2seq=is_seq2seq(model.reasoner),
@@ -179,7 +181,6 @@ def load_weighting_module(run_dir) -> tuple[KeypointModel, PrefixCollator]:
         max_question_tokens=w.max_question_tokens,
         seed=cfg.seed,
     )
-    return model.eval(), collator
 
 
 def held_out_questions(question_ids: list[str], holdout: float) -> set[str]:
@@ -209,15 +210,7 @@ def train_weighting(cfg: KPODConfig) -> dict:
 
     torch.manual_seed(cfg.seed)
     model, student_tok, reasoner_tok = build_keypoint_model(cfg)
-    collator = PrefixCollator(
-        student_tok,
-        reasoner_tok,
-        reasoner_seq2seq=is_seq2seq(model.reasoner),
-        prefixes=w.prefixes,
-        max_rationale_tokens=w.max_rationale_tokens,
-        max_question_tokens=w.max_question_tokens,
-        seed=cfg.seed,
-    )
+    collator = prefix_collator(cfg, model, student_tok, reasoner_tok)
     start = time.time()
     history = fit_keypoint_model(
         model,
