@@ -26,20 +26,25 @@ from common import data_root  # bench/common.py: bench/ is on sys.path when a be
 from kpod.artifacts import RunPaths, rationale_key, read_rationales
 from kpod.config import load_config
 from kpod.data import load_dataset_splits
-from kpod.teacher.importers import import_rationales
+from kpod.teacher.importers import import_rationales, reference_rationales
 from kpod.weighting.data import WeightingItem
 from kpod.weighting.faithfulness import deletion_test
 from kpod.weighting.train import export_weights, load_weighting_module
 
 
-def unseen_rationales(run: Path, root: Path, dataset: str, questions: int) -> list[dict]:
-    """The first correct MCC-KD rationale of up to `questions` training questions the run never used."""
+def unseen_rationales(run: Path, root: Path, cfg, questions: int) -> list[dict]:
+    """One correct rationale of up to `questions` training questions the run never used: the first
+    correct MCC-KD GPT-3.5 rationale (SVAMP), or for a run taught by the dataset's worked solutions
+    (teacher.kind=reference) the worked solution."""
     seen = {r["id"] for r in read_rationales(RunPaths(run).rationales("train"), include_incorrect=True)}
-    train = load_dataset_splits(dataset, root).train
-    records, _ = import_rationales(root / "splits_mcc_kd/SVAMP/train.json", train, "mcc_kd")
+    train = [q for q in load_dataset_splits(cfg.dataset, root, cfg.data.split_source).train if q.id not in seen]
+    if cfg.teacher.kind == "reference":
+        records = reference_rationales(train)
+    else:
+        records, _ = import_rationales(root / "splits_mcc_kd/SVAMP/train.json", train, "mcc_kd")
     chosen: dict[str, dict] = {}
     for r in records:
-        if r["correct"] and r["id"] not in seen and r["id"] not in chosen and r["steps"]:
+        if r["correct"] and r["id"] not in chosen and r["steps"]:
             chosen[r["id"]] = r
     return list(chosen.values())[:questions]
 
@@ -74,7 +79,7 @@ def main() -> None:
     results = {}
     for run in map(Path, args.runs):
         cfg = load_config(RunPaths(run).config_snapshot("train_token_weighting"), {"output_dir": str(run)})
-        rows = unseen_rationales(run, root, cfg.dataset, args.questions)
+        rows = unseen_rationales(run, root, cfg, args.questions)
         model, collator = load_weighting_module(run)
         items = [WeightingItem(rationale_key(r), r["rationale"], r["steps"], r["question"], r["gold"]) for r in rows]
         weights = export_weights(model, collator, items)

@@ -45,3 +45,20 @@ def test_gpu_pipeline_runs_every_stage_of_both_methods_on_the_cpu(data_dir, tmp_
 
 def test_stopping_overhead_smoke(data_dir):
     assert "ratio" in smoke("stopping_overhead.py", data_dir).lower()
+
+
+def test_step_overhead_smoke(data_dir):
+    assert "train step / bare step" in smoke("step_overhead.py", data_dir)
+
+
+def test_faithfulness_unseen_smoke(data_dir, finished_tiny_run, tmp_path):
+    """A trained module weighs rationales its run never saw, and the deletion test runs on them."""
+    import json
+
+    run, _ = finished_tiny_run
+    out = smoke("faithfulness_unseen.py", data_dir, str(run), "--json", str(tmp_path / "unseen.json"))
+    assert "unseen rationales" in out and "top/heuristic" in out
+    result = json.loads((tmp_path / "unseen.json").read_text())
+    (only,) = result.values()
+    seen = {json.loads(line)["key"] for line in (run / "weights/weights.jsonl").read_text().splitlines()}
+    assert only["rationales"] == 4 and not {r["key"] for r in only["per_rationale"]} & seen
