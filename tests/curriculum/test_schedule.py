@@ -153,7 +153,9 @@ def test_a_new_schedule_kind_is_one_registered_function(tmp_path, tiny_llama, mo
     monkeypatch.setitem(
         module.SCHEDULES,
         "answer-first",
-        lambda x: module._schedule_of([[len(d)] * (x.stages - 1) + [0] for d in x.difficulties], x, peak=x.stages - 1),
+        lambda x: module.schedule_from_steps(
+            [[len(d)] * (x.stages - 1) + [0] for d in x.difficulties], x, peak=x.stages - 1
+        ),
     )
     cfg = load_config(
         overrides=[

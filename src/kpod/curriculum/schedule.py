@@ -220,7 +220,7 @@ def kpod_schedule(x: ScheduleInputs) -> Schedule:
 @schedule_kind("none")
 def whole_rationale_schedule(x: ScheduleInputs) -> Schedule:
     """The whole rationale in the output from the first stage: the curriculum switched off."""
-    return _schedule_of([[0] * x.stages for _ in x.difficulties], x, peak=0.0)
+    return schedule_from_steps([[0] * x.stages for _ in x.difficulties], x, peak=0.0)
 
 
 @schedule_kind("linear")
@@ -236,10 +236,10 @@ def linear_schedule(x: ScheduleInputs) -> Schedule:
         steps.append(
             [n - math.floor(n * (t + 1) / (curriculum + 1) + 0.5) if t < curriculum else 0 for t in range(x.stages)]
         )
-    return _schedule_of(steps, x, peak=peak)
+    return schedule_from_steps(steps, x, peak=peak)
 
 
-def _schedule_of(input_steps: list[list[int]], x: ScheduleInputs, peak: float) -> Schedule:
+def schedule_from_steps(input_steps: list[list[int]], x: ScheduleInputs, peak: float) -> Schedule:
     """A Schedule from given c_i(t), with kpod's table (difficulty moved so far, items moved per cluster)."""
     total = float(sum(sum(d) for d in x.difficulties))
     table = []

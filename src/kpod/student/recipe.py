@@ -41,6 +41,11 @@ def build_examples(cfg: KPODConfig, paths: RunPaths, splits: DatasetSplits | Non
     weights = read_weights(paths.weights) if use_weights else {}
     schedule = {}
     if cfg.method == "kpod" and cfg.schedule.progressive:
+        if not paths.schedule.is_file():
+            raise DataError(
+                f"{paths.schedule}: schedule not found (run `kpod calculate_difficulties` and `kpod cluster`, "
+                "or set schedule.progressive=false)"
+            )
         data = read_schedule(paths.schedule)
         stages = cfg.curriculum_stages()
         if data.stages != stages or data.epochs != cfg.train.epochs:
