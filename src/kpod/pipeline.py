@@ -60,9 +60,9 @@ def prepare_run_folder(root: Path) -> None:
         raise DataError(f"{root}: the output folder is a file; choose another --output-dir")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".kpod-write-test"
+        probe = root / f".kpod-write-test-{os.getpid()}"  # one per process: data-parallel ranks probe at once
         probe.write_text("")
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as exc:
         raise DataError(
             f"{root}: cannot write the run folder there ({exc.strerror}); choose another --output-dir"
