@@ -57,8 +57,9 @@ def evaluated_after_training(run_dir: Path, eval_name: str) -> bool:
 
 
 def reuse_upstream(source: Path, target: Path) -> None:
-    """An ablation arm shares the stages before `train` of the KPOD run of its seed (same inputs, so the same
-    stage keys): copying them lets full_pipeline skip them instead of recomputing identical files."""
+    """An ablation arm, or a KPOD run of another length, shares the stages before `train` of a KPOD run of its
+    seed (same inputs, so the same stage keys): copying their files, records and config snapshots lets
+    full_pipeline skip them instead of recomputing identical files."""
     if (target / "stages.json").is_file() or not (source / "stages.json").is_file():
         return
     target.mkdir(parents=True, exist_ok=True)
@@ -66,8 +67,12 @@ def reuse_upstream(source: Path, target: Path) -> None:
         if (source / name).is_dir():
             shutil.copytree(source / name, target / name, dirs_exist_ok=True)
     stages = json.loads((source / "stages.json").read_text())
-    kept = {k: v for k, v in stages.items() if k not in ("train", "train_started", "evaluate")}
+    kept = {k: v for k, v in stages.items() if k not in ("train", "train_started") and not k.startswith("evaluate")}
     (target / "stages.json").write_text(json.dumps(kept))
+    (target / "configs").mkdir(exist_ok=True)
+    for stage in kept:
+        if (snapshot := source / "configs" / f"{stage}.yaml").is_file():
+            shutil.copy2(snapshot, target / "configs" / snapshot.name)
 
 
 def main() -> None:
@@ -83,6 +88,11 @@ def main() -> None:
     )
     parser.add_argument("--out", default="bench/out/svamp_study")
     parser.add_argument("--csv-dir", default="bench/results/svamp_study")
+    parser.add_argument(
+        "--upstream-from",
+        help="a study folder whose kpod-s<seed> runs lend their stages before train to this study's KPOD arms "
+        "(token weights do not depend on the training length); default: ablation arms borrow from --out",
+    )
     args = parser.parse_args()
     root = data_root()
     out, csv_dir = Path(args.out), Path(args.csv_dir)
@@ -116,7 +126,9 @@ def main() -> None:
         asdiv = load_config(overrides=overrides + ["dataset=asdiv"])
         model_path = "smollm2" if arm == "base" else None
         start = time.time()
-        if arm in ("kpod-uniform", "kpod-no-schedule", "kpod-floor", "kpod-added", "kpod-linear"):
+        if args.upstream_from and arm.startswith("kpod"):
+            reuse_upstream(Path(args.upstream_from) / f"kpod-s{seed}", run_dir)
+        elif arm in ("kpod-uniform", "kpod-no-schedule", "kpod-floor", "kpod-added", "kpod-linear"):
             reuse_upstream(out / f"kpod-s{seed}", run_dir)
         trained = (run_dir / "train" / "summary.json").is_file() and (run_dir / "student").is_dir()
         if arm != "base" and not trained:  # a trained run is not retrained (even by a later kpod version)

@@ -101,11 +101,7 @@ def config_from_args(args: argparse.Namespace):
         overrides.append(f"data.data_dir={args.data_dir}")
     if args.split and args.stage_name == "evaluate":
         overrides.append(f"eval.split={args.split}")
-    cfg = load_config(args.config, overrides)
-    from kpod.pipeline import check_choices
-
-    check_choices(cfg)
-    return cfg
+    return load_config(args.config, overrides)  # every stage checks its choices (pipeline.check_choices)
 
 
 def run_stage(stage: str, args: argparse.Namespace) -> dict:

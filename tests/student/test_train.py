@@ -313,13 +313,11 @@ def test_the_sampler_gives_each_item_the_stage_of_its_step_also_after_a_resume()
     from kpod.student.trainer import StagedSampler, stage_at_step
 
     assert [stage_at_step(s, 10, 4) for s in range(10)] == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
-    sampler = StagedSampler(range(8), stages=5, batch_size=2, accumulation=2)  # 2 steps an epoch
-    sampler.steps_per_epoch, sampler.max_steps = 2, 10
+    sampler = StagedSampler(range(8), stages=5, batch_size=2, steps_per_epoch=2, max_steps=10, accumulation=2)
     sampler.set_epoch(3)  # a resume in epoch 3: steps 6 and 7 of 10
     assert [stage for _, stage in sampler] == [3] * 8
     assert sampler.epoch == 4
-    two_processes = StagedSampler(range(16), stages=4, batch_size=2, processes=2)  # 4 steps an epoch
-    two_processes.steps_per_epoch, two_processes.max_steps = 4, 4
+    two_processes = StagedSampler(range(16), stages=4, batch_size=2, steps_per_epoch=4, max_steps=4, processes=2)
     assert [stage for _, stage in two_processes] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
     per_epoch = StagedSampler(range(4), stages=None, batch_size=2)
     per_epoch.set_epoch(2)

@@ -97,21 +97,20 @@ class DistillTrainer(Trainer):
                 f"train.trainer_args.train_sampling_strategy={self.args.train_sampling_strategy} builds whole "
                 "batches itself, so the curriculum cannot give items their stage: use 'random' or 'group_by_length'"
             )
-        staged = StagedSampler(
+        # the Trainer's own step count (Trainer.set_initial_training_values)
+        steps_per_epoch = max(1, math.ceil(len(loader) / self.args.gradient_accumulation_steps))
+        max_steps = (
+            self.args.max_steps if self.args.max_steps > 0 else math.ceil(self.args.num_train_epochs * steps_per_epoch)
+        )
+        holder.sampler = StagedSampler(
             holder.sampler,
             self.stages,
             batch_size=self._train_batch_size,
+            steps_per_epoch=steps_per_epoch,
+            max_steps=max_steps,
             processes=self.accelerator.num_processes,
             accumulation=self.args.gradient_accumulation_steps,
         )
-        batches = len(loader)  # the Trainer's own step count (Trainer.set_initial_training_values)
-        staged.steps_per_epoch = max(1, math.ceil(batches / self.args.gradient_accumulation_steps))
-        staged.max_steps = (
-            self.args.max_steps
-            if self.args.max_steps > 0
-            else math.ceil(self.args.num_train_epochs * staged.steps_per_epoch)
-        )
-        holder.sampler = staged
         return loader
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -154,10 +153,20 @@ class StagedSampler(Sampler):
     resumed run (the Trainer skips the epoch's first batches) gets the stages of its restored steps.
     Under data parallelism the sampler's batches are dealt out to the processes in turn."""
 
-    def __init__(self, inner, stages: int | None, batch_size: int, processes: int = 1, accumulation: int = 1):
+    def __init__(
+        self,
+        inner,
+        stages: int | None,
+        *,
+        batch_size: int,
+        steps_per_epoch: int = 1,
+        max_steps: int = 1,
+        processes: int = 1,
+        accumulation: int = 1,
+    ):
         self.inner, self.stages = inner, stages
         self.batch_size, self.processes, self.accumulation = batch_size, processes, accumulation
-        self.steps_per_epoch = self.max_steps = None  # set once the Trainer's data loader is built
+        self.steps_per_epoch, self.max_steps = steps_per_epoch, max_steps
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
