@@ -216,3 +216,35 @@ def test_the_stage_table_drives_the_cli_the_dispatch_and_the_records():
         "schedule": "cluster",
     }
     assert [s.name for s in stages.STAGES if not s.kpod_only] == ["generate", "train", "evaluate"]
+
+
+def test_a_setting_newer_than_a_record_reruns_the_stage_only_when_it_is_used(finished_tiny_run):
+    """A record cannot list a setting its kpod did not have: a run made before schedule.kind existed must
+    not pass for a linear schedule (it ran the paper's), and must still hold while the default is kept."""
+    run, overrides = finished_tiny_run
+    manifest = pipeline.read_manifest(run)
+    assert manifest["cluster"]["settings"] == leaf_fields(KPODConfig)
+    default, linear = load_config(overrides=overrides), load_config(overrides=overrides + ["schedule.kind=linear"])
+    assert pipeline.why_stale(linear, "cluster", manifest) == "schedule.kind changed ('kpod' -> 'linear')"
+    older = {stage: {k: v for k, v in record.items() if k != "settings"} for stage, record in manifest.items()}
+    for record in older.values():
+        record.get("reads", {}).pop("schedule.kind", None)
+    assert pipeline.why_stale(default, "cluster", older) is None  # upgrading kpod reruns nothing
+    assert pipeline.why_stale(linear, "cluster", older) == (
+        "schedule.kind is 'linear', a setting newer than its run (which had the default, 'kpod')"
+    )
+    # a record that lists its kpod's settings, made before a (here simulated) later setting existed
+    without_floor = {
+        stage: dict(
+            record,
+            settings=[d for d in record["settings"] if d != "train.weight_floor"],
+            reads={d: v for d, v in record["reads"].items() if d != "train.weight_floor"},
+        )
+        for stage, record in manifest.items()
+        if "settings" in record
+    }
+    floor = load_config(overrides=overrides + ["train.weight_floor=0.5"])
+    assert all(pipeline.why_stale(default, stage, without_floor) is None for stage in without_floor)
+    newer = "train.weight_floor is 0.5, a setting newer than its run (which had the default, 0.0)"
+    assert pipeline.why_stale(floor, "train", without_floor) == newer
+    assert pipeline.why_stale(floor, "generate", without_floor) == newer  # what it read is not known: it reruns

@@ -30,6 +30,7 @@ from kpod.records import (  # noqa: F401 - NOT_INPUTS, StaleInputError: part of 
     check_upstream,
     current_inputs,
     effective_value,
+    new_record,
     read_manifest,
     why_stale,
 )
@@ -282,7 +283,7 @@ def _recorded(cfg: KPODConfig, stage: str, arguments: dict, paths: RunPaths):
     if main_process:
         recorded = {d: effective_value(cfg, d) for d in sorted(reads - NOT_INPUTS)}
         manifest = read_manifest(paths.root)
-        manifest[stage] = {"reads": recorded, "inputs": inputs, "arguments": arguments}
+        manifest[stage] = new_record(recorded, inputs, arguments)
         write_json(paths.manifest, manifest)
 
 

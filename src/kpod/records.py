@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kpod import placement
 from kpod.artifacts import RunPaths, read_json
-from kpod.config import KPODConfig
+from kpod.config import KPODConfig, leaf_fields
 from kpod.data.datasets import DataError, dataset_folders, default_data_dir
 from kpod.stages import BY_NAME, PRODUCERS
 
@@ -123,6 +123,41 @@ def read_manifest(run_dir: Path) -> dict:
     return manifest
 
 
+# Settings kpod gained after stage records began but before each record listed the settings its kpod had,
+# with the stages that read them: a record without that list knew every other setting. (train.trainer_args
+# is left out: it replaced settings whose records no longer hold anyway.)
+_NEWER_THAN_UNLISTED_RECORDS = {
+    "schedule.kind": "cluster",
+    "train.weight_floor": "train",
+    "eval.backend": "evaluate",
+} | {
+    f"eval.server_{name}": "evaluate"
+    for name in ("api_key_env", "concurrency", "max_retries", "model", "stall_timeout", "timeout", "url")
+}
+
+
+def new_record(reads: dict, inputs: dict, arguments: dict) -> dict:
+    """A stage's record: the settings it read with their values, its input digests, its arguments, and
+    every setting this kpod has, so that a setting added later cannot leave the record holding."""
+    return {"reads": reads, "inputs": inputs, "arguments": arguments, "settings": leaf_fields(KPODConfig)}
+
+
+def _newer_setting_in_use(cfg: KPODConfig, stage: str, record: dict) -> str | None:
+    """A setting the record's kpod did not have, now away from its default: the stage ran with the
+    default's behaviour, so it must run again (whether it reads the setting is not recorded, so a
+    record that lists its settings reruns for any such setting)."""
+    if "settings" in record:
+        newer = [d for d in leaf_fields(KPODConfig) if d not in record["settings"] and d not in NOT_INPUTS]
+    else:
+        newer = [d for d, reader in _NEWER_THAN_UNLISTED_RECORDS.items() if stage.split("/")[0] == reader]
+    default = KPODConfig()
+    for dotted in newer:
+        now, before = effective_value(cfg, dotted), effective_value(default, dotted)
+        if now != before:
+            return f"{dotted} is {now!r}, a setting newer than its run (which had the default, {before!r})"
+    return None
+
+
 def why_stale(cfg: KPODConfig, stage: str, manifest: dict, arguments: dict | None = None) -> str | None:
     """None when the stage's recorded run still holds for this config and these input files, else why not."""
     record = manifest.get(stage)
@@ -138,6 +173,9 @@ def why_stale(cfg: KPODConfig, stage: str, manifest: dict, arguments: dict | Non
             return f"{dotted} is no longer a setting"
         if now != value:
             return f"{dotted} changed ({value!r} -> {now!r})"
+    newer = _newer_setting_in_use(cfg, stage, record)
+    if newer:
+        return newer
     if arguments is not None and record.get("arguments", {}) != arguments:
         return f"its arguments changed ({record.get('arguments')} -> {arguments})"
     now_inputs = current_inputs(cfg, stage, record.get("arguments", {}))
