@@ -4,8 +4,9 @@ A stage's record holds the config fields it read (with their values), the digest
 read (run-folder files by their place in the folder; the dataset's folders and a local base model by
 their role, digested from their files' names, sizes and modification times) and its arguments. A
 record no longer holds when any of these changed; one made before kpod fingerprinted the dataset and
-the base model (no such keys) is trusted for them, so upgrading kpod reruns nothing. Stages run by hand, and commands that read a stage's output, check the whole
-chain of producers above what they read.
+the base model (no such keys) is trusted for them, so upgrading kpod reruns nothing. A setting added to
+kpod after a record was made reruns its stage once it leaves its default. Stages run by hand, and
+commands that read a stage's output, check the whole chain of producers above what they read.
 """
 
 from __future__ import annotations
