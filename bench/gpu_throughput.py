@@ -9,43 +9,17 @@ import argparse
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+from common import shaped_config  # bench/common.py: bench/ is on sys.path when a bench runs
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from kpod.student.trainer import shift_right, weighted_token_loss
 
 
 def models():
-    yield (
-        "flan-t5-large shape",
-        T5ForConditionalGeneration(
-            T5Config(
-                vocab_size=32128,
-                d_model=1024,
-                d_kv=64,
-                d_ff=2816,
-                num_layers=24,
-                num_decoder_layers=24,
-                num_heads=16,
-                feed_forward_proj="gated-gelu",
-                tie_word_embeddings=False,
-                decoder_start_token_id=0,
-            )
-        ),
-    )
-    yield (
-        "llama 1B shape",
-        LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=32000,
-                hidden_size=2048,
-                intermediate_size=5632,
-                num_hidden_layers=22,
-                num_attention_heads=32,
-                num_key_value_heads=4,
-                max_position_embeddings=2048,
-            )
-        ),
-    )
+    for shape in ("flan-t5-large", "llama-1b"):
+        config = shaped_config(shape)
+        cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        yield f"{shape} shape", cls.from_config(config)
 
 
 def step(model, batch, kpod: bool) -> torch.Tensor:
