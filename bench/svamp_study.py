@@ -126,10 +126,8 @@ def main() -> None:
         asdiv = load_config(overrides=overrides + ["dataset=asdiv"])
         model_path = "smollm2" if arm == "base" else None
         start = time.time()
-        if args.upstream_from and arm.startswith("kpod"):
-            reuse_upstream(Path(args.upstream_from) / f"kpod-s{seed}", run_dir)
-        elif arm in ("kpod-uniform", "kpod-no-schedule", "kpod-floor", "kpod-added", "kpod-linear"):
-            reuse_upstream(out / f"kpod-s{seed}", run_dir)
+        if arm.startswith("kpod-") or (arm == "kpod" and args.upstream_from):  # every ablation arm is kpod-<name>
+            reuse_upstream(Path(args.upstream_from or out) / f"kpod-s{seed}", run_dir)
         trained = (run_dir / "train" / "summary.json").is_file() and (run_dir / "student").is_dir()
         if arm != "base" and not trained:  # a trained run is not retrained (even by a later kpod version)
             pipeline.full_pipeline(cfg)

@@ -11,6 +11,7 @@ commands that read a stage's output, check the whole chain of producers above wh
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -137,6 +138,11 @@ _NEWER_THAN_UNLISTED_RECORDS = {
 }
 
 
+@functools.cache
+def _defaults() -> KPODConfig:
+    return KPODConfig()
+
+
 def new_record(reads: dict, inputs: dict, arguments: dict) -> dict:
     """A stage's record: the settings it read with their values, its input digests, its arguments, and
     every setting this kpod has, so that a setting added later cannot leave the record holding."""
@@ -151,9 +157,8 @@ def _newer_setting_in_use(cfg: KPODConfig, stage: str, record: dict) -> str | No
         newer = [d for d in leaf_fields(KPODConfig) if d not in record["settings"] and d not in NOT_INPUTS]
     else:
         newer = [d for d, reader in _NEWER_THAN_UNLISTED_RECORDS.items() if stage.split("/")[0] == reader]
-    default = KPODConfig()
     for dotted in newer:
-        now, before = effective_value(cfg, dotted), effective_value(default, dotted)
+        now, before = effective_value(cfg, dotted), effective_value(_defaults(), dotted)
         if now != before:
             return f"{dotted} is {now!r}, a setting newer than its run (which had the default, {before!r})"
     return None
