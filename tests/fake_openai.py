@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FAULTS = ("ok", "429", "500", "slow", "malformed", "drop")
+FAULTS = ("ok", "429", "500", "slow", "malformed", "drop")  # also "no_choices", "null_content": no text
 
 
 class FakeOpenAI:
@@ -81,7 +81,14 @@ class FakeOpenAI:
                     self.end_headers()
                     self.wfile.write(raw)
                     return
-                if chat:
+                if fault == "no_choices" or fault == "null_content":  # answered (and billed) without text
+                    text = ""
+                    choice = {
+                        "index": 0,
+                        "finish_reason": "content_filter",
+                        "message": {"role": "assistant", "content": None},
+                    }
+                elif chat:
                     text = outer.answer(prompt)
                     choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
                 else:
@@ -94,7 +101,7 @@ class FakeOpenAI:
                     "object": "chat.completion" if chat else "text_completion",
                     "created": 0,
                     "model": body["model"],
-                    "choices": [choice],
+                    "choices": [] if fault == "no_choices" else [choice],
                     "usage": {
                         "prompt_tokens": len(prompt) // 4,
                         "completion_tokens": len(text) // 4,

@@ -229,6 +229,7 @@ def test_bad_inputs_get_one_line_errors_naming_what_to_fix(case, tmp_path, capsy
         (run / "rationales/teacher_cache.sqlite").write_text("not a database")
     if case.startswith("damaged") and case != "damaged teacher cache":
         (run / "eval/test").mkdir(parents=True)
+        (run / "stages.json").write_text("{}")
         (run / "eval/test/metrics.json").write_text("{" if case == "damaged metrics" else "{}")
         (run / "eval/test/predictions.jsonl").write_text("{oops\n")
     command, expected = BAD_INPUTS[case]

@@ -20,6 +20,21 @@ class RunPaths:
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
+    def require_run(self) -> RunPaths:
+        """Self, when the folder is a run folder (a stage has recorded itself there); else a DataError that
+        names the runs inside it, if it is their parent."""
+        if self.manifest.is_file():
+            return self
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: run folder not found")
+        runs = sorted(p.name for p in self.root.iterdir() if (p / "stages.json").is_file())
+        inside = (
+            f"; it holds the runs {', '.join(runs[:5])}{', ...' if len(runs) > 5 else ''}: pass one" if runs else ""
+        )
+        raise DataError(
+            f"{self.root}: not a kpod run folder (no stages.json){inside or '; pass the --output-dir a stage wrote'}"
+        )
+
     def rationales(self, split: str = "train") -> Path:
         return self.root / "rationales" / f"{split}.jsonl"
 

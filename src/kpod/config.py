@@ -164,6 +164,13 @@ class TeacherConfig(_Section):
         None, ge=0, description="USD per 1000 prompt tokens (None: built-in table for known models, else 0)."
     )
     price_per_1k_completion: float | None = Field(None, ge=0, description="USD per 1000 completion tokens.")
+    budget_usd: float = Field(
+        5.0,
+        ge=0,
+        description="Most a generate run may spend: before the first request it estimates the cost of the requests "
+        "not yet cached (every answer at max_tokens, prices from price_per_1k_* or the built-in table) and refuses, "
+        "sending nothing, when that is above this. A price of 0 (a local vLLM server) is never blocked.",
+    )
     import_path: Path | None = Field(None, description="kind=file: the JSON/JSONL file with rationales.")
     import_format: Literal["auto", "jsonl", "mcc_kd", "palm_dss"] = Field(
         "auto", description="kind=file: layout of import_path."
@@ -329,6 +336,8 @@ class StudentConfig(_Section):
     @field_validator("model")
     @classmethod
     def _local_model_exists(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("empty: name a hub id, a local model folder, or 'smollm2'")
         if value.startswith(("/", "./", "../", "~")) and not Path(value).expanduser().exists():
             raise ValueError(f"{value}: no such model folder")
         return value
@@ -493,6 +502,13 @@ class KPODConfig(_Section):
     def _consistent(self) -> KPODConfig:
         if self.teacher.kind == "file" and self.teacher.import_path is None:
             raise ValueError("teacher.import_path is required when teacher.kind is 'file'")
+        t = self.teacher
+        if t.kind == "openai" and t.samples_per_question > 1 and t.temperature == 0:
+            raise ValueError(
+                f"teacher.samples_per_question={t.samples_per_question} at teacher.temperature=0 pays "
+                f"{t.samples_per_question} times per question for (nearly) the same rationale, and trains on each "
+                "copy as if distinct: set teacher.temperature above 0 (e.g. 0.7), or samples_per_question=1"
+            )
         return self
 
     @property
@@ -630,22 +646,11 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> KPODConfig:
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
-        except DuplicateKeyError as exc:
-            raise ConfigError(f"{path}:{exc}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-    raw = _map_original_names(raw)
+    raw = _map_original_names(read_config_file(path) if path is not None else {})
     items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
+    overridden = set()
     for key, value in items:
+        overridden.add(ORIGINAL_NAMES.get(key, key))
         _set_dotted(raw, key, value)
     raw = _map_retired_fields(raw)
     try:
@@ -654,13 +659,42 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         lines = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"]) or "(config)"
+            shown = err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict)
+            source = "--set" if any(key == o or key.startswith(o + ".") for o in overridden) else path
             lines.append(
                 f"  {key}: {err['msg']}"
-                + (
-                    f" (got {err['input']!r})"
-                    if err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict)
-                    else ""
-                )
+                + (f" (got {err['input']!r})" if shown else "")
+                + (f" [{source}]" if source else "")
             )
-        where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid configuration{where}:\n" + "\n".join(lines)) from None
+        sources = " and ".join(str(s) for s in (path, "--set" if overridden else None) if s)
+        raise ConfigError(f"invalid configuration (from {sources or 'the defaults'}):\n" + "\n".join(lines)) from None
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A YAML config file as a mapping. A missing, non-UTF-8, empty or comment-only file is an error: an
+    empty file would otherwise mean "every default" (the paid default teacher on a whole dataset)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}, line {line}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); save the file as UTF-8"
+        ) from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}:{exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if raw is None:
+        raise ConfigError(
+            f"{path}: the config file is empty (or only comments); write the settings to change in it, "
+            "or leave out --config to use the defaults"
+        )
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw

@@ -176,7 +176,8 @@ def chat(model: str, messages: list[dict], temperature: float, max_tokens: int, 
         response = await client.chat.completions.create(
             model=model, messages=messages, temperature=temperature, max_tokens=max_tokens, **extra
         )
-        return _answer(response.choices[0].message.content, response.usage)
+        choice = response.choices[0] if response.choices else None
+        return _answer(choice and choice.message.content, response.usage, choice)
 
     return send
 
@@ -188,21 +189,27 @@ def completion(model: str, prompt: str, max_tokens: int, stop: list[str]) -> Sen
         response = await client.completions.create(
             model=model, prompt=prompt, temperature=0.0, max_tokens=max_tokens, stop=stop or None
         )
-        return _answer(response.choices[0].text, response.usage)
+        choice = response.choices[0] if response.choices else None
+        return _answer(choice and choice.text, response.usage, choice)
 
     return send
 
 
-def _answer(text: str | None, usage) -> dict:
-    if text is None:
-        raise ValueError("response without text")
-    return {
+def _answer(text: str | None, usage, choice) -> dict:
+    """The answer's text and usage. An answer without text (no choices, or content null: a content filter)
+    is an answer all the same, paid for and cached: sending it again would pay again for the same refusal.
+    Its `no_text` says why; callers leave it out."""
+    answer = {
         "text": text,
         "usage": {
             "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
             "completion_tokens": getattr(usage, "completion_tokens", 0) or 0,
         },
     }
+    if text is None:
+        reason = getattr(choice, "finish_reason", None) if choice is not None else None
+        answer["no_text"] = "no choices" if choice is None else f"content null (finish_reason {reason})"
+    return answer
 
 
 def _retry_after(exc) -> float | None:

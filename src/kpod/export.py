@@ -25,7 +25,7 @@ from kpod.artifacts import (
 )
 from kpod.data.datasets import DataError
 from kpod.layout import DistillExample, split_texts
-from kpod.models import STUDENT_INFO, load_tokenizer, load_trained_student, merge_adapter
+from kpod.models import STUDENT_INFO, load_tokenizer, load_trained_student, merge_adapter, named_model_is_seq2seq
 from kpod.rationale import ANSWER_SENTENCE, PROMPT_TEMPLATE
 from kpod.records import require_fresh
 
@@ -219,6 +219,11 @@ def export_weights(run_dir: str | Path, out: str | Path) -> dict:
     require_fresh(paths.root, "cluster")
     weights = read_weights(paths.weights)
     schedule = read_schedule(paths.schedule).input_steps if paths.schedule.is_file() else {}
+    snapshot = paths.config_snapshot("train_token_weighting")
+    student = (
+        ((yaml.safe_load(snapshot.read_text()) or {}).get("student") or {}).get("model") if snapshot.is_file() else None
+    )
+    seq2seq = named_model_is_seq2seq(student) if student else None
     rows = []
     for r in read_rationales(paths.rationales("train"), include_incorrect=True):
         key = rationale_key(r)
@@ -235,6 +240,8 @@ def export_weights(run_dir: str | Path, out: str | Path) -> dict:
                 "rationale": rationale,
                 "answer": r["gold"],
                 "correct": bool(r.get("correct", True)),
+                "student": student,
+                "seq2seq": seq2seq,
                 "tokens": [rationale[a:b] for a, b in w.offsets],
                 "offsets": [list(o) for o in w.offsets],
                 "weights": list(w.weights),

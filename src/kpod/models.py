@@ -13,6 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from kpod import placement
+from kpod.files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,14 @@ def is_seq2seq(model_or_config) -> bool:
     return bool(getattr(config, "is_encoder_decoder", False))
 
 
+def named_model_is_seq2seq(name: str) -> bool | None:
+    """Whether the named model is encoder-decoder, from its config alone; None when no config can be read."""
+    try:
+        return is_seq2seq(AutoConfig.from_pretrained(resolve_model_name(name)))
+    except (OSError, ValueError):
+        return None
+
+
 def load_model(name: str, dtype: str | None = None, *, trained_whole: bool = False, placed: bool = True):
     """A seq2seq or causal LM from a hub id or folder; a folder written by `kpod train` (base +
     adapter) is loaded with its adapter applied. Loaded straight in the dtype of kpod.placement's rule
@@ -94,6 +103,8 @@ def load_model(name: str, dtype: str | None = None, *, trained_whole: bool = Fal
     dtype = "float32" if trained_whole else placement.dtype_name(dtype)
     if (path / STUDENT_INFO).is_file():
         return _placed(load_trained_student(path, dtype), placed)
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        return _placed(load_adapter_folder(path, dtype), placed)
     resolved = resolve_model_name(name)
     try:
         config = AutoConfig.from_pretrained(resolved)
@@ -106,6 +117,22 @@ def load_model(name: str, dtype: str | None = None, *, trained_whole: bool = Fal
         ) from None
     cls = AutoModelForSeq2SeqLM if is_seq2seq(config) else AutoModelForCausalLM
     return _placed(cls.from_pretrained(resolved, dtype=_torch_dtype(dtype)), placed)
+
+
+def load_adapter_folder(path: Path, dtype: str):
+    """A PEFT adapter folder (`kpod export` without --merge, or any adapter save_pretrained wrote) on the
+    base model its adapter_config.json names."""
+    base = read_json(path / "adapter_config.json", "export the run again", ("base_model_name_or_path",))[
+        "base_model_name_or_path"
+    ]
+    try:
+        model = load_model(base, dtype, placed=False)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"{path}: a LoRA adapter whose base model {base} (adapter_config.json) cannot be loaded here: {exc}. "
+            "Export the run with --merge for a folder that stands alone"
+        ) from None
+    return apply_adapter(model, path, base_name=base)
 
 
 def _torch_dtype(name: str):

@@ -185,6 +185,7 @@ def evaluate(cfg: KPODConfig, model_path: str | None = None, split: str | None =
 
     paths = RunPaths(cfg.run_dir)
     split = split or cfg.eval.split
+    _refuse_a_foreign_model(paths, model_path)
     trained_on = _trained_dataset(paths)
     if tag is None and model_path is None and trained_on not in (None, cfg.dataset):
         tag = cfg.dataset
@@ -226,6 +227,22 @@ def evaluate(cfg: KPODConfig, model_path: str | None = None, split: str | None =
             metrics["total"],
         )
         return metrics
+
+
+def _refuse_a_foreign_model(paths: RunPaths, model_path: str | None) -> None:
+    """A run folder's evaluations are its own student's: another model evaluated there would pass, in
+    report and compare, for the run's student."""
+    if model_path is None or not (paths.student / "kpod_student.json").is_file():
+        return
+    if Path(model_path).resolve() == paths.student.resolve():
+        return
+    name = Path(model_path.rstrip("/")).name or "model"
+    raise DataError(
+        f"{paths.root} holds its own trained student ({paths.student}): evaluating {model_path} there would "
+        f"replace that student's evaluation in report and compare. Evaluate it in a run folder of its own, "
+        f"with the same settings: kpod evaluate --model_path {model_path} --output-dir {paths.root.parent / (paths.root.name + '-' + name)}"
+        + (f" --config {paths.config_snapshot('train')}" if paths.config_snapshot("train").is_file() else "")
+    )
 
 
 def _trained_dataset(paths: RunPaths) -> str | None:

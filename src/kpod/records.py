@@ -230,7 +230,7 @@ def require_fresh(run_dir: str | Path, stage: str) -> None:
     anything upstream of it changed since."""
     from kpod.config import load_config
 
-    paths = RunPaths(run_dir)
+    paths = RunPaths(run_dir).require_run()
     manifest = read_manifest(paths.root)
     snapshot = paths.config_snapshot(stage)
     if stage not in manifest or not snapshot.is_file():

@@ -131,9 +131,7 @@ class Report:
 
 def write_report(run_dir: str | Path) -> Path:
     """report.html (self-contained) and report.md (+ report_files/) for a run folder."""
-    paths = RunPaths(run_dir)
-    if not paths.root.is_dir():
-        raise FileNotFoundError(f"{paths.root}: run folder not found")
+    paths = RunPaths(run_dir).require_run()
     for stage in ("train_token_weighting", "cluster", "train"):
         require_fresh(paths.root, stage)
     config = next(
@@ -170,7 +168,10 @@ def _accuracy_section(report: Report, paths: RunPaths, config: dict, split: str)
     paper = paper_figure(student, dataset) if dataset in ("gsm8k", "asdiv", "svamp", "commonsenseqa") else None
     paper_text = f"{paper[1]:.2f}% (paper, KPOD, {paper[0]})" if paper else "no paper figure for this student"
     if metrics:
-        acc = f"{metrics['accuracy']:.2f}% ({metrics['correct']}/{metrics['total']}) on {dataset}/{split}"
+        acc = (
+            f"{metrics['accuracy']:.2f}% ({metrics['correct']}/{metrics['total']}) on {dataset}/{split}, "
+            f"model {metrics.get('model', '?')}"
+        )
         report.section(
             "Accuracy",
             f"<p class=big>{acc}</p><p>Paper Table 1: {paper_text}</p>",

@@ -145,7 +145,7 @@ def _asdiv_file(path: Path) -> list[Question]:
                 answer=normalize_gold(numeric.group(), "math"),
                 task="math",
                 choices=None,
-                solution=problem.findtext("Formula") or None,
+                solution=None,  # its <Formula> (`248/16=15 r8`) is an equation, not a worked solution
             )
         )
     return out

@@ -39,6 +39,7 @@ class EvaluatedRun:
     correct: dict[str, bool]  # question id -> correct
     answer_sentence_rate: float
     content: str = ""  # digest of its predictions: a copy of a run under another name has the same
+    setup: dict = field(default_factory=dict)  # dataset and student model, from its config
 
 
 @dataclass
@@ -89,11 +90,13 @@ def load_run(run_dir: str | Path, split: str, arm: str | None = None) -> Evaluat
         if not part:
             raise DataError(f"{predictions}: no predictions")
         rows += [{**r, "id": f"{name}/{r['id']}" if len(splits) > 1 else r["id"]} for r in part]
-    seed = None
+    seed, setup = None, {}
     for stage in ("train", "evaluate"):
         snapshot = RunPaths(run_dir).config_snapshot(stage)
         if snapshot.is_file():
-            seed = yaml.safe_load(snapshot.read_text()).get("seed")
+            config = yaml.safe_load(snapshot.read_text())
+            seed = config.get("seed")
+            setup = {"dataset": config.get("dataset"), "student": (config.get("student") or {}).get("model")}
             break
     return EvaluatedRun(
         run_dir,
@@ -102,6 +105,7 @@ def load_run(run_dir: str | Path, split: str, arm: str | None = None) -> Evaluat
         correct={str(r["id"]): bool(r["correct"]) for r in rows},
         answer_sentence_rate=sum(bool(r.get("answer_sentence")) for r in rows) / len(rows),
         content=digest.hexdigest(),
+        setup=setup,
     )
 
 
@@ -175,6 +179,20 @@ def refuse_duplicates(runs: list[EvaluatedRun]) -> None:
             if key[-1] in (None, "") or key not in seen:
                 seen.setdefault(key, run.path)
                 continue
+            first = next(r for r in runs if r.path == seen[key])
+            differ = {k: (first.setup.get(k), v) for k, v in run.setup.items() if first.setup.get(k) != v}
+            if key[0] == "seed" and differ:
+                name, (a, b) = next(iter(differ.items()))
+                if name == "dataset":
+                    raise DataError(
+                        f"{first.path} and {run.path} are runs on different datasets ({a} vs {b}): compare runs "
+                        "evaluated on the same questions"
+                    )
+                raise DataError(
+                    f"{first.path} and {run.path} are both arm {run.arm} with seed {run.seed} but have different "
+                    f"students ({a} vs {b}), so they are different arms: name them, e.g. "
+                    f"--group {Path(str(a)).name}={first.path} --group {Path(str(b)).name}={run.path}"
+                )
             other = "" if key[0] == "path" else f" {seen[key]}"
             raise DataError(f"{run.path} {what}{other}: each run may be counted once; leave the duplicate out")
 

@@ -76,7 +76,7 @@ def evaluate_on_server(
             f"evaluation server: {s.failures} of {len(requests)} requests failed after {e.server_max_retries} retries "
             f"({s.errors}); rerun the same command: the {len(outcome.answers)} answered ones are cached"
         )
-    metrics, predictions = score_outputs(questions, [outcome.answers[i]["text"] for i in range(len(requests))])
+    metrics, predictions = score_outputs(questions, [outcome.answers[i]["text"] or "" for i in range(len(requests))])
     metrics["server"] = {
         "url": e.server_url,
         "model": e.server_model,

@@ -23,6 +23,7 @@ from __future__ import annotations
 from trl import SFTTrainer
 
 from kpod.layout import DistillCollator, DistillExample
+from kpod.models import is_seq2seq
 from kpod.student.data import DistillDataset
 from kpod.student.trainer import distill_loss
 from kpod.token_weights import TokenWeights
@@ -34,12 +35,25 @@ def weighted_sft_dataset(
     max_length: int | None = 1024,
     weight_floor: float = 0.0,
     weight_norm: str = "example_mean",
+    include_incorrect: bool = False,
 ):
     """A `datasets.Dataset` of input_ids, labels and token_weights from kpod's exported weights rows
     (question, rationale, answer, offsets, weights). Items longer than `max_length` are truncated by
-    kpod (prompt first, then target), so TRL's own truncation never cuts the weights out of line."""
+    kpod (prompt first, then target), so TRL's own truncation never cuts the weights out of line.
+    Rationales whose answer disagrees with the gold one are left out, as `kpod train` leaves them out
+    (include_incorrect=True keeps them, as train.include_incorrect does). A seq2seq run is refused:
+    SFTTrainer trains causal LMs."""
     import datasets
 
+    if any(row.get("seq2seq") for row in rows):
+        student = next(row.get("student") for row in rows if row.get("seq2seq"))
+        raise ValueError(
+            f"these weights are for a seq2seq student ({student}); TRL's SFTTrainer trains causal LMs: "
+            "train a seq2seq student with `kpod train`"
+        )
+    rows = [row for row in rows if include_incorrect or row.get("correct", True)]
+    if not rows:
+        raise ValueError("no correct rationale in these rows (pass include_incorrect=True to train on them anyway)")
     examples = [
         DistillExample(
             str(row.get("key", i)),
@@ -71,6 +85,11 @@ class KPODSFTTrainer(SFTTrainer):
         if data_collator is None and tokenizer is not None:
             data_collator = DistillCollator(tokenizer.pad_token_id, seq2seq=False)
         super().__init__(*args, data_collator=data_collator, **kwargs)
+        if is_seq2seq(self.model):
+            raise ValueError(
+                f"{self.model.config.name_or_path} is a seq2seq (encoder-decoder) model; KPODSFTTrainer trains "
+                "causal LMs: train a seq2seq student with `kpod train`"
+            )
         if self.args.packing:
             raise ValueError("packing joins examples, and their token weights with them: use SFTConfig(packing=False)")
 

@@ -9,6 +9,7 @@ written anywhere.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from importlib import resources
 from pathlib import Path
@@ -71,6 +72,34 @@ def endpoint_settings(cfg: KPODConfig, api_key: str) -> EndpointSettings:
     )
 
 
+def check_budget(cfg: KPODConfig, settings: EndpointSettings, to_send: list[Request], total: int) -> None:
+    """Log the run's size before anything is sent; refuse when its cost at most is above teacher.budget_usd."""
+    t = cfg.teacher
+    prompt_price, completion_price = settings.prices_per_1k
+    prompt_tokens = sum(r.tokens - t.max_tokens for r in to_send)
+    most = (prompt_tokens * prompt_price + len(to_send) * t.max_tokens * completion_price) / 1000
+    priced = prompt_price > 0 or completion_price > 0
+    known = priced or t.price_per_1k_prompt is not None or t.model in PRICES
+    log.info(
+        "teacher %s at %s: %d requests to send (%d already answered in the cache), about %d prompt tokens; cost %s",
+        t.model,
+        settings.base_url,
+        len(to_send),
+        total - len(to_send),
+        prompt_tokens,
+        f"at most ${most:.2f} (every answer at teacher.max_tokens={t.max_tokens})"
+        if known
+        else "unknown (no price for this model: set teacher.price_per_1k_prompt and teacher.price_per_1k_completion)",
+    )
+    if priced and most > t.budget_usd:
+        raise TeacherError(
+            f"this run may cost up to ${most:.2f} ({len(to_send)} requests to {t.model} at up to {t.max_tokens} "
+            f"completion tokens each), above teacher.budget_usd=${t.budget_usd:g}; nothing was sent. To go on, "
+            f"raise it: --set teacher.budget_usd={math.ceil(most)}; or ask fewer questions "
+            "(--set data.max_train_questions=N) or lower teacher.max_tokens"
+        )
+
+
 def run_openai_teacher(
     cfg: KPODConfig, questions: list[Question], paths, progress: bool = True
 ) -> tuple[list[dict], dict]:
@@ -103,10 +132,22 @@ def run_openai_teacher(
             requests.append(Request(key=key, send=send, tokens=tokens))
     cache = ResponseCache(paths.teacher_cache, what="teacher cache", rerun="rerun `kpod generate`")
     try:
+        check_budget(cfg, settings, [r for r in requests if cache.get(r.key) is None], len(requests))
         outcome = answer_all(settings, cache, requests, desc=f"teacher {t.model}", progress=progress)
     finally:
         cache.close()
     answers, s = outcome.answers, outcome.stats
+    no_text = {i: a["no_text"] for i, a in answers.items() if a.get("no_text")}
+    if no_text:
+        first = next(iter(no_text))
+        log.warning(
+            "the teacher answered %d of %d requests without text (e.g. %s: %s); those questions get no rationale "
+            "from it and are not asked again (the answer is cached)",
+            len(no_text),
+            len(jobs),
+            jobs[first][0].id,
+            no_text[first],
+        )
     records = [
         rationale_record(
             q,
@@ -117,7 +158,7 @@ def run_openai_teacher(
             latency_s=answers[i]["latency_s"],
         )
         for i, (q, sample) in enumerate(jobs)
-        if i in answers
+        if i in answers and i not in no_text
     ]
     summary = {
         "teacher": f"openai:{t.model}",
@@ -127,6 +168,7 @@ def run_openai_teacher(
         "retries": s.retries,
         "failed": s.failures,
         "errors": s.errors,
+        "answered_without_text": {r: list(no_text.values()).count(r) for r in sorted(set(no_text.values()))},
         "prompt_tokens": s.prompt_tokens,
         "completion_tokens": s.completion_tokens,
         "cost_usd": round(s.cost, 6),
