@@ -1,6 +1,7 @@
 """bench/ is code: every script imports against today's kpod, and those with a smoke mode run it."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -62,3 +63,11 @@ def test_faithfulness_unseen_smoke(data_dir, finished_tiny_run, tmp_path):
     (only,) = result.values()
     seen = {json.loads(line)["key"] for line in (run / "weights/weights.jsonl").read_text().splitlines()}
     assert only["rationales"] == 4 and not {r["key"] for r in only["per_rationale"]} & seen
+
+
+def test_keypoint_stability_smoke(data_dir, tmp_path):
+    out = smoke("keypoint_stability.py", data_dir, "--out", str(tmp_path / "ks"), "--json", str(tmp_path / "ks.json"))
+    assert "seeds 0-1: Spearman of w" in out and "/ one Std-CoT epoch on 1000 rationales" in out
+    results = json.loads((tmp_path / "ks.json").read_text())
+    assert set(results["seeds"]) == {"0", "1"} and results["pairs"]["0-1"]["rationales"] == 6
+    assert 0 <= results["pairs"]["0-1"]["jaccard_top"] <= 1 and results["cost"]["ratio"] > 0

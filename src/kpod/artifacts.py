@@ -51,6 +51,10 @@ class RunPaths:
         return self.root / "weights" / "heldout.json"
 
     @property
+    def weights_quality(self) -> Path:
+        return self.root / "weights" / "quality.json"
+
+    @property
     def faithfulness(self) -> Path:
         return self.root / "weights" / "faithfulness.json"
 

@@ -212,9 +212,16 @@ class WeightingConfig(_Section):
         description="Keep the reasoner (and P, v_mask) fixed once its warm-up is over (from the start without warm-up): the weighting stage then needs only forward passes through it. False: trained jointly, as the paper.",
     )
     holdout: float = Field(
-        0.1,
+        0.2,
         ge=0,
-        description="Rationales held out from the module's training for `kpod faithfulness` (their weights are still exported): a fraction below 1, or a count. Held out by question.",
+        description="Rationales held out from the module's training, for its own check (quality.json) and `kpod faithfulness` (their weights are still exported): a fraction below 1, or a count. Held out by question.",
+    )
+    quality_check: bool = Field(
+        True,
+        description="After training, run the deletion test on the held-out rationales at 5 % and 10 % (top, bottom, random, digits-first) with the pretrained student as judge: weights/quality.json, one printed line, a warning when the top does no more damage than random.",
+    )
+    quality_rationales: int = Field(
+        200, ge=1, description="Held-out rationales the quality check judges at most (the first by key)."
     )
     gumbel_tau: float = Field(1.0, gt=0, description="Gumbel-softmax temperature (estimator=straight_through).")
     prefixes: str = Field(

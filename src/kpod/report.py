@@ -224,6 +224,12 @@ def _weights_sections(report: Report, paths: RunPaths) -> None:
             f'<a href="file://{html.escape(link)}">{html.escape(link)}</a> (kpod compare).</p>',
             f"This run is arm {comparison['arm']} of {link} (kpod compare).",
         )
+    quality = _json(paths.weights_quality)
+    if quality:
+        from kpod.weighting.faithfulness import format_quality
+
+        text = format_quality(quality)
+        report.section("Are the token weights keypoints? (weights/quality.json)", f"<pre>{html.escape(text)}</pre>", text)
     faithfulness = _json(paths.faithfulness)
     if faithfulness:
         from kpod.weighting.faithfulness import format_faithfulness

@@ -75,6 +75,7 @@ def _tiny_run(tmp_path, tiny_llama, holdout_keys):
     write_jsonl(run / "rationales/train.jsonl", rows)
     write_jsonl(run / "weights/weights.jsonl", weight_rows)
     write_json(run / "weights/heldout.json", {"questions": [], "keys": holdout_keys})
+    write_json(run / "stages.json", {})
     return run, rows
 
 
@@ -108,3 +109,44 @@ def test_views_colour_by_rank_inside_the_rationale():
     assert within_rationale_ranks([0.50, 0.52, 0.51]) == [0.0, 1.0, 0.5]
     page = html_block("ab", [(0, 1), (1, 2)], [0.50, 0.51])
     assert "rgba(220, 40, 40, 0.05)" in page and "rgba(220, 40, 40, 0.90)" in page
+
+
+def _worked_solutions(data_dir, n):
+    from kpod.data import load_dataset_splits
+    from kpod.teacher.importers import reference_rationales
+
+    return reference_rationales(load_dataset_splits("gsm8k", data_dir).train[:n])
+
+
+def test_quality_check_tells_keypoints_from_random_weights(data_dir):
+    """The weighting stage's own check, with the real pretrained judge: weights that put numbers and
+    operators first are keypoints; flat weights (the top is then a random pick) are not."""
+    from kpod.artifacts import rationale_key
+    from kpod.weighting.faithfulness import format_quality, weights_quality
+
+    rows = _worked_solutions(data_dir, 10)
+    tok = load_tokenizer("smollm2")
+    digits, flat = [], []
+    for r in rows:
+        enc = tok(r["rationale"], add_special_tokens=False, return_offsets_mapping=True)
+        tokens = tok.convert_ids_to_tokens(enc["input_ids"])
+        row = {"key": rationale_key(r), "tokens": tokens, "offsets": [list(o) for o in enc["offset_mapping"]]}
+        digits.append({**row, "weights": [0.9 if is_digit_or_operator(t) else 0.1 for t in tokens]})
+        flat.append({**row, "weights": [0.5] * len(tokens)})
+    by_key = {rationale_key(r): r for r in rows}
+    good = weights_quality(digits, by_key, "smollm2", draws=2)
+    assert good["verdict"] == "keypoints" and set(good["fractions"]) == {"0.05", "0.1"}
+    assert good["fractions"]["0.05"]["top_vs_heuristic"] == pytest.approx(1.0, abs=0.3)  # it is the heuristic
+    assert good["line"].startswith("keypoints: top 5 % = ") and good["line"].endswith("on 10 held-out rationales")
+    assert "the digits heuristic" in good["line"] and "hurts the answer more" in format_quality(good)
+    bad = weights_quality(flat, by_key, "smollm2", draws=2)
+    assert bad["verdict"] == "no better than random" and "NOT better than random" in format_quality(bad)
+
+
+def test_every_weighting_run_checks_its_own_weights(finished_tiny_run):
+    run, _ = finished_tiny_run
+    quality = json.loads((run / "weights/quality.json").read_text())
+    heldout = json.loads((run / "weights/heldout.json").read_text())["keys"]
+    assert quality["rationales"] == len(heldout) >= 1 and set(quality["fractions"]) == {"0.05", "0.1"}
+    summary = json.loads((run / "weights/summary.json").read_text())
+    assert summary["keypoints"] == quality["line"] and "held-out rationales" in quality["line"]

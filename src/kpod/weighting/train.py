@@ -183,6 +183,28 @@ def prefix_collator(cfg: KPODConfig, model: KeypointModel, student_tok, reasoner
     )
 
 
+def check_quality(cfg: KPODConfig, paths: RunPaths, weights: list[dict], rows: list[dict], keys: list[str]) -> dict:
+    """The deletion test of the new weights on the held-out rationales (weights/quality.json); one line
+    logged, a warning when the top by w does no better than random deletions."""
+    from kpod.weighting.faithfulness import weights_quality
+
+    chosen = set(sorted(keys)[: cfg.weighting.quality_rationales])
+    held = [r for r in weights if r["key"] in chosen and r["tokens"]]
+    quality = weights_quality(held, {rationale_key(r): r for r in rows}, cfg.student.model, dtype=cfg.student.dtype)
+    write_json(paths.weights_quality, quality)
+    log.info(quality["line"])
+    if quality["verdict"] == "no better than random":
+        log.warning(
+            "the token weights are no better than random on %d held-out rationales: deleting the top by w did no "
+            "more damage than deleting at random (weights/quality.json). Train the module longer "
+            "(weighting.epochs), with more mask samples (weighting.samples) or on more rationales, or lower "
+            "weighting.learning_rate; kpod show_weights %s shows what it learned",
+            quality["rationales"],
+            paths.root,
+        )
+    return quality
+
+
 def held_out_questions(question_ids: list[str], holdout: float) -> set[str]:
     """Questions whose rationales the module does not train on (a fraction below 1, else a count).
     Chosen by a hash of the id, not by the seed, so runs with different seeds hold out the same ones."""
@@ -234,6 +256,9 @@ def train_weighting(cfg: KPODConfig) -> dict:
     )
     held_out_keys = [rationale_key(r) for r in usable if str(r["id"]) in held_out]
     write_json(paths.weights_heldout, {"questions": sorted(held_out), "keys": held_out_keys})
+    del model
+    paths.weights_quality.unlink(missing_ok=True)
+    quality = check_quality(cfg, paths, rows, usable, held_out_keys) if w.quality_check and held_out_keys else None
     mean_w = sum(sum(r["weights"]) for r in rows) / max(1, sum(len(r["weights"]) for r in rows))
     summary = {
         "rationales": len(rows),
@@ -243,6 +268,7 @@ def train_weighting(cfg: KPODConfig) -> dict:
         "seconds": seconds,
         "mean_weight": mean_w,
         "history": history,
+        "keypoints": quality and quality["line"],
     }
     write_json(paths.weights_summary, summary)
     return summary
