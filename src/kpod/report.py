@@ -229,7 +229,9 @@ def _weights_sections(report: Report, paths: RunPaths) -> None:
         from kpod.weighting.faithfulness import format_quality
 
         text = format_quality(quality)
-        report.section("Are the token weights keypoints? (weights/quality.json)", f"<pre>{html.escape(text)}</pre>", text)
+        report.section(
+            "Are the token weights keypoints? (weights/quality.json)", f"<pre>{html.escape(text)}</pre>", text
+        )
     faithfulness = _json(paths.faithfulness)
     if faithfulness:
         from kpod.weighting.faithfulness import format_faithfulness

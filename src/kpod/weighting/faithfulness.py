@@ -281,7 +281,14 @@ def weights_quality(
     by_fraction, passes = {}, []
     for fraction in fractions:
         result = deletion_test(
-            weights, rationales, judge, fraction=fraction, draws=draws, judge_cache=cache, progress=progress, dtype=dtype
+            weights,
+            rationales,
+            judge,
+            fraction=fraction,
+            draws=draws,
+            judge_cache=cache,
+            progress=progress,
+            dtype=dtype,
         )
         per = result.pop("per_rationale")
         differences = [r["damage_top"] - r["damage_random"] for r in per]
