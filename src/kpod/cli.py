@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+from kpod import config_commands
 from kpod.config import ConfigError, load_config
 from kpod.data.datasets import DataError
 from kpod.endpoint import EndpointError
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     faith.add_argument("--limit", type=int, help="at most this many held-out rationales")
     faith.add_argument("--seed", type=int, default=0)
     faith.add_argument("--out", help="write the result here instead of weights/faithfulness.json (the report's)")
+    config_commands.add_parser(sub)
     view = sub.add_parser("show_weights", help="print rationales with tokens marked by weight")
     view.add_argument("run_dir")
     view.add_argument("--n", type=int, default=3)
@@ -209,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             print(format_faithfulness(result))
 
         return _run(run)
+    if args.stage == "config":
+        return _run(lambda: config_commands.run(args))
     if args.stage == "show_weights":
         from kpod.pages import show_weights
 

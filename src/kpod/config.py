@@ -705,3 +705,42 @@ def read_config_file(path: str | Path) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return raw
+
+
+def commented_yaml(cfg: KPODConfig, header: str = "") -> str:
+    """The configuration as YAML, every field under its description as a comment; fields away from
+    their default are marked `# (changed)`."""
+    defaults = KPODConfig().snapshot()
+    values = cfg.snapshot()
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+
+    def emit(model: type[BaseModel], node: dict, default: dict, indent: str) -> None:
+        for name, field in model.model_fields.items():
+            kind = field.annotation
+            if isinstance(kind, type) and issubclass(kind, _Section):
+                lines.extend(["", f"{indent}{name}:"])
+                emit(kind, node[name], default[name], indent + "  ")
+                continue
+            if field.description:
+                lines.append(f"{indent}# {field.description}")
+            value = yaml.safe_dump({name: node[name]}, default_flow_style=True, sort_keys=False, width=10**6)
+            value = value.strip()[1:-1]  # the flow mapping's braces off: `name: value`
+            changed = "  # (changed)" if node[name] != default[name] else ""
+            lines.append(f"{indent}{value}{changed}")
+
+    emit(KPODConfig, values, defaults, "")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def changed_settings(cfg: KPODConfig) -> dict[str, Any]:
+    """Dotted name -> value of every setting away from its default."""
+    defaults, values = KPODConfig().snapshot(), cfg.snapshot()
+
+    def walk(node: dict, default: dict, prefix: str):
+        for key, value in node.items():
+            if isinstance(value, dict) and isinstance(default.get(key), dict) and key != "trainer_args":
+                yield from walk(value, default[key], f"{prefix}{key}.")
+            elif value != default.get(key):
+                yield prefix + key, value
+
+    return dict(walk(values, defaults, ""))
