@@ -248,3 +248,41 @@ def test_a_setting_newer_than_a_record_reruns_the_stage_only_when_it_is_used(fin
     newer = "train.weight_floor is 0.5, a setting newer than its run (which had the default, 0.0)"
     assert pipeline.why_stale(floor, "train", without_floor) == newer
     assert pipeline.why_stale(floor, "generate", without_floor) == newer  # what it read is not known: it reruns
+
+
+def test_an_evaluation_setting_reruns_only_evaluate_and_readers_follow(finished_tiny_run, tmp_path, capsys):
+    """Issue 37's case: one evaluation setting changed on a finished run reruns evaluate alone; report,
+    show_weights and faithfulness then read the run as it now is."""
+    from kpod.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_tiny_run[0], run)
+    overrides = finished_tiny_run[1] + [f"output_dir={run}", "data.max_eval_questions=3"]
+    results = pipeline.full_pipeline(load_config(overrides=overrides))
+    assert {k for k, v in results.items() if v != "skipped"} == {"evaluate"}
+    assert json.loads((run / "eval/test/metrics.json").read_text())["total"] == 3
+    assert main(["stages", str(run)]) == 0
+    assert capsys.readouterr().out.count("current") == len(results)
+    assert main(["report", str(run)]) == 0
+    assert main(["show_weights", str(run), "--n", "1"]) == 0
+    heldout_judge = str(load_config(overrides=overrides).student.model)
+    assert (
+        main(["faithfulness", str(run), "--judge", heldout_judge, "--draws", "1", "--out", str(tmp_path / "f.json")])
+        == 0
+    )
+
+
+def test_stale_advice_is_a_complete_command_with_the_runs_own_config(finished_tiny_run, tmp_path, capsys):
+    from kpod.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_tiny_run[0], run)
+    (run / "rationales/train.jsonl").write_text((run / "rationales/train.jsonl").read_text().replace(" ", "  ", 1))
+    assert main(["show_weights", str(run)]) == 2
+    err = capsys.readouterr().err
+    command = re.search(r"`(kpod full_pipeline --config \S+)`", err)
+    assert command, err
+    snapshot = Path(command.group(1).split("--config ")[1])
+    assert snapshot.is_file() and load_config(snapshot).teacher.kind == "reference"  # the run's own teacher
+    assert main(["stages", str(run)]) == 0
+    assert "train_token_weighting    reruns: rationales/train.jsonl changed since it ran" in capsys.readouterr().out

@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     faith.add_argument("--seed", type=int, default=0)
     faith.add_argument("--out", help="write the result here instead of weights/faithfulness.json (the report's)")
     config_commands.add_parser(sub)
+    stages = sub.add_parser("stages", help="each stage of a run folder: current, or why it would rerun")
+    stages.add_argument("run_dir")
+    stages.add_argument("--config", help="check against this config (default: the run's newest config snapshot)")
+    stages.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     view = sub.add_parser("show_weights", help="print rationales with tokens marked by weight")
     view.add_argument("run_dir")
     view.add_argument("--n", type=int, default=3)
@@ -162,6 +166,16 @@ def _debug_flag(argv: list[str] | None) -> list[str]:
     return argv
 
 
+def print_stages(args: argparse.Namespace) -> None:
+    from kpod.records import stage_status
+
+    cfg = None
+    if args.config or args.overrides:
+        cfg = load_config(args.config, [*args.overrides, f"output_dir={args.run_dir}"])
+    for name, reason in stage_status(args.run_dir, cfg):
+        print(f"{name:<24} {'current' if reason is None else 'reruns: ' + reason}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_debug_flag(argv))
     if args.stage == "report":
@@ -211,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             print(format_faithfulness(result))
 
         return _run(run)
+    if args.stage == "stages":
+        return _run(lambda: print_stages(args))
     if args.stage == "config":
         return _run(lambda: config_commands.run(args))
     if args.stage == "show_weights":

@@ -42,16 +42,22 @@ log = logging.getLogger("kpod")
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
-def load_splits(cfg: KPODConfig) -> DatasetSplits:
+def load_splits(cfg: KPODConfig, *needed: str) -> DatasetSplits:
+    """The dataset's splits; only those `needed` are kept (cut to their configured size), the others are
+    empty, so that a stage depends on the size settings of the splits it uses and on no other."""
     splits = load_dataset_splits(cfg.dataset, cfg.data.data_dir, cfg.data.split_source)
-    if cfg.data.max_train_questions:
+    if "train" not in needed:
+        splits.train = []
+    elif cfg.data.max_train_questions:
         rng = random.Random(cfg.seed)
         train = list(splits.train)
         rng.shuffle(train)
         splits.train = train[: cfg.data.max_train_questions]
-    if cfg.data.max_eval_questions:
-        splits.dev = splits.dev[: cfg.data.max_eval_questions]
-        splits.test = splits.test[: cfg.data.max_eval_questions]
+    for name in ("dev", "test"):
+        if name not in needed:
+            setattr(splits, name, [])
+        elif cfg.data.max_eval_questions:
+            setattr(splits, name, getattr(splits, name)[: cfg.data.max_eval_questions])
     return splits
 
 
@@ -105,7 +111,7 @@ def generate(cfg: KPODConfig, split: str = "train") -> dict:
     from kpod.teacher.importers import import_rationales, reference_rationales
 
     with recorded_stage(cfg, "generate"):
-        splits = load_splits(cfg)
+        splits = load_splits(cfg, split)
         questions = splits.split(split)
         with stage_logging(cfg, "generate") as paths:
             out = paths.rationales(split)
@@ -173,7 +179,7 @@ def train(cfg: KPODConfig, model_path: str | None = None) -> dict:
     from kpod.student.recipe import train_student
 
     with recorded_stage(cfg, "train", {"model_path": model_path}), stage_logging(cfg, "train"):
-        splits = load_splits(cfg)
+        splits = load_splits(cfg, "train", "dev") if cfg.train.eval_every else load_splits(cfg, "train")
         return train_student(cfg, splits, model_path)
 
 
@@ -191,7 +197,7 @@ def evaluate(cfg: KPODConfig, model_path: str | None = None, split: str | None =
         tag = cfg.dataset
     folder = paths.eval_dir(split if tag is None else f"{split}-{tag}")
     with recorded_stage(cfg, f"evaluate/{folder.name}", {"model_path": model_path}), stage_logging(cfg, "evaluate"):
-        questions = load_splits(cfg).split(split)
+        questions = load_splits(cfg, split).split(split)
         if not questions:
             raise DataError(f"{cfg.dataset} has no {split} split with this split_source")
         source = model_path or (
@@ -326,6 +332,7 @@ def full_pipeline(cfg: KPODConfig, model_path: str | None = None, force: bool = 
 
 def _run_stages(cfg: KPODConfig, model_path: str | None, force: bool) -> dict:
     stages = [s.name for s in STAGES if cfg.method == "kpod" or not s.kpod_only]
+    paths = RunPaths(cfg.run_dir)
     results = {}
     for stage in stages:
         record_name = f"evaluate/{cfg.eval.split}" if stage == "evaluate" else stage
@@ -340,6 +347,8 @@ def _run_stages(cfg: KPODConfig, model_path: str | None, force: bool) -> dict:
         if reason is None:
             log.info("stage %s is up to date, skipped", stage)
             results[stage] = "skipped"
+            # its record holds for this config: the run's readers check the run as it now is
+            paths.config_snapshot(stage).write_text(yaml.safe_dump(cfg.snapshot(), sort_keys=False))
             continue
         log.info("stage %s runs: %s", stage, reason)
         if stage == "train":

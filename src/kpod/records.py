@@ -17,6 +17,8 @@ import json
 import logging
 from pathlib import Path
 
+import yaml
+
 from kpod import placement
 from kpod.artifacts import RunPaths, read_json
 from kpod.config import KPODConfig, leaf_fields
@@ -199,9 +201,12 @@ def check_upstream(cfg: KPODConfig, stage: str, manifest: dict) -> None:
     problem = _stale_upstream(cfg, stage, manifest, seen=set())
     if problem:
         path, producer, reason = problem
+        requested = RunPaths(cfg.run_dir).config_snapshot("requested")
+        requested.parent.mkdir(parents=True, exist_ok=True)
+        requested.write_text(yaml.safe_dump(cfg.snapshot(), sort_keys=False))
         raise StaleInputError(
-            f"{path} is out of date for this config: {reason}. Run `kpod {producer}` "
-            f"(or `kpod full_pipeline`, which reruns what is stale) first"
+            f"{path} is out of date for this config: {reason}. Run `kpod {producer} --config {requested}` "
+            f"(this command's config), or `kpod full_pipeline --config {requested}`, which reruns what is stale, first"
         )
 
 
@@ -241,6 +246,24 @@ def require_fresh(run_dir: str | Path, stage: str) -> None:
     if problem:
         path, producer, reason = problem
         raise StaleInputError(
-            f"{path} is out of date: {reason}. Rerun `kpod {producer} --output-dir {paths.root}` "
-            "(or `kpod full_pipeline`, which reruns what is stale) first"
+            f"{path} is out of date: {reason}. Rerun what is stale with the run's own config first: "
+            f"`kpod full_pipeline --config {snapshot}`"
         )
+
+
+def stage_status(run_dir: str | Path, cfg: KPODConfig | None = None) -> list[tuple[str, str | None]]:
+    """(stage, None when current, else why not) for every stage of the run, against `cfg` or, by default,
+    the run's newest config snapshot (the config of the last stage command in the folder)."""
+    from kpod.config import load_config
+
+    paths = RunPaths(run_dir).require_run()
+    if cfg is None:
+        snapshots = [p for p in paths.root.glob("configs/*.yaml") if p.stem != "requested"]
+        if not snapshots:
+            raise DataError(f"{paths.root}: no config snapshot in configs/; pass --config")
+        cfg = load_config(max(snapshots, key=lambda p: p.stat().st_mtime), {"output_dir": str(paths.root)})
+    manifest = read_manifest(paths.root)
+    names = [s.name for s in BY_NAME.values() if s.name != "evaluate" and (cfg.method == "kpod" or not s.kpod_only)]
+    names += sorted(k for k in manifest if k.startswith("evaluate/")) or [f"evaluate/{cfg.eval.split}"]
+    arguments = {"train": {"model_path": None}} | {n: {"model_path": None} for n in names if n.startswith("evaluate/")}
+    return [(name, why_stale(cfg, name, manifest, arguments.get(name))) for name in names]

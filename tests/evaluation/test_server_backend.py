@@ -46,7 +46,7 @@ def test_server_backend_scores_exactly_what_the_local_backend_scores(tmp_path):
         served = settings | {"eval.backend": "server", "eval.server_url": server.url, "eval.server_model": "student"}
         remote = pipeline.evaluate(load_config(overrides=served), tag="server")
         again = pipeline.evaluate(load_config(overrides=served), tag="server")
-    questions = pipeline.load_splits(load_config(overrides=settings)).split("test")
+    questions = pipeline.load_splits(load_config(overrides=settings), "test").split("test")
     assert sorted(requests) == sorted((format_prompt(q.question), 96) for q in questions)
     for key in ("accuracy", "correct", "total", "answer_found", "answer_sentence"):
         assert remote[key] == local[key], key
