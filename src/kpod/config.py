@@ -453,6 +453,14 @@ class EvalConfig(_Section):
         description="Questions per generation batch (halved and retried when a batch runs out of memory).",
     )
     max_new_tokens: int = Field(256, ge=1, description="Longest generated answer.")
+    rationale_loss: bool = Field(
+        True,
+        description="Also measure the held-out rationale loss: the student's mean NLL per token of reference rationales for the evaluated questions, teacher-forced (the dataset's worked solutions, GSM8K; or reference_rationales). It shows learning where accuracy cannot move. Local backend only.",
+    )
+    reference_rationales: Path | None = Field(
+        None,
+        description="A rationale file for the evaluated split (any teacher.import_format), for the held-out rationale loss on datasets without worked solutions.",
+    )
     backend: Literal["local", "server"] = Field(
         "local",
         description="local: generate() in this process (data-parallel under accelerate/torchrun); server: send the same prompts to an OpenAI-compatible server that serves the student (vLLM, SGLang, TGI, `transformers serve`), completions API, greedy.",

@@ -239,3 +239,46 @@ def score_outputs(questions: list[Question], raw_outputs: list[str]) -> tuple[di
         "answer_sentence": sum(p["answer_sentence"] for p in predictions),
     }
     return metrics, predictions
+
+
+@torch.no_grad()
+def rationale_loss(
+    model, tokenizer, references: list[tuple[Question, str]], batch_size: int = 16, max_tokens: int = 512
+) -> dict:
+    """The held-out rationale loss: the student's mean NLL per token of reference rationales (and the
+    answer sentence) given each question, teacher-forced, in the training layout with the whole rationale
+    as the target (every trainer's held-out loss). references: (question, rationale) pairs. Returns the
+    mean over questions of each question's mean NLL per token, its standard error and the count."""
+    from kpod.layout import DistillCollator, DistillExample, encode_example, source_target_item, token_nll
+    from kpod.rationale import split_steps
+
+    seq2seq = is_seq2seq(model)
+    where = next(model.parameters()).device
+    collate = DistillCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, seq2seq)
+    per_question = []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(references), batch_size):
+        items = []
+        for question, rationale in references[start : start + batch_size]:
+            example = DistillExample(
+                question.id, question.question, answer=question.answer, steps=split_steps(rationale)
+            )
+            enc = encode_example(
+                example, 0, tokenizer, seq2seq=seq2seq, max_input_tokens=max_tokens, max_target_tokens=max_tokens
+            )
+            items.append(source_target_item(enc.source_ids, enc.target_ids, seq2seq))
+        batch = placement.to_device(collate(items), where)
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            **({"labels": batch["labels"]} if seq2seq else {}),
+        ).logits
+        nll = token_nll(logits, batch["labels"], causal=not seq2seq)
+        counted = (batch["labels"][:, 1:] if not seq2seq else batch["labels"]) != -100
+        per_question += (nll.sum(1) / counted.sum(1).clamp(min=1)).cpu().tolist()
+    model.train(was_training)
+    n = len(per_question)
+    mean = sum(per_question) / n if n else None
+    se = (sum((x - mean) ** 2 for x in per_question) / (n - 1)) ** 0.5 / n**0.5 if n > 1 else None
+    return {"mean": mean, "se": se, "questions": n}

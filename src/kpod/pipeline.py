@@ -221,6 +221,12 @@ def evaluate(cfg: KPODConfig, model_path: str | None = None, split: str | None =
                 max_new_tokens=cfg.eval.max_new_tokens,
                 batch_size=cfg.eval.batch_size,
             )
+            references = _reference_rationales(cfg, questions, split) if cfg.eval.rationale_loss else None
+            if references:
+                from kpod.decoding import rationale_loss
+
+                loss = rationale_loss(model, tokenizer, references[1], batch_size=max(1, cfg.eval.batch_size // 4))
+                metrics["rationale_loss"] = {**loss, "source": references[0]}
         metrics.update({"model": source, "split": split, "dataset": cfg.dataset})
         write_eval(folder, metrics, predictions)
         log.info(
@@ -233,6 +239,21 @@ def evaluate(cfg: KPODConfig, model_path: str | None = None, split: str | None =
             metrics["total"],
         )
         return metrics
+
+
+def _reference_rationales(cfg: KPODConfig, questions, split: str) -> tuple[str, list] | None:
+    """(where they come from, [(question, rationale)]) for the held-out rationale loss, or None."""
+    if cfg.eval.reference_rationales:
+        from kpod.teacher.importers import import_rationales
+
+        records, _ = import_rationales(cfg.eval.reference_rationales, questions, split=split)
+        by_id = {q.id: q for q in questions}
+        first = {}
+        for r in records:
+            first.setdefault(r["id"], r["rationale"])
+        return str(cfg.eval.reference_rationales), [(by_id[i], text) for i, text in first.items()]
+    worked = [(q, q.solution) for q in questions if q.solution]
+    return ("the dataset's worked solutions", worked) if worked else None
 
 
 def _refuse_a_foreign_model(paths: RunPaths, model_path: str | None) -> None:

@@ -172,10 +172,17 @@ def _accuracy_section(report: Report, paths: RunPaths, config: dict, split: str)
             f"{metrics['accuracy']:.2f}% ({metrics['correct']}/{metrics['total']}) on {dataset}/{split}, "
             f"model {metrics.get('model', '?')}"
         )
+        loss = metrics.get("rationale_loss") or {}
+        loss_text = (
+            f"Held-out rationale loss {loss['mean']:.3f} ± {loss['se'] or 0:.3f} nats/token on {loss['questions']} "
+            f"reference rationales ({loss['source']}): the student's loss on rationales it never trained on, lower is better."
+            if loss.get("mean") is not None
+            else ""
+        )
         report.section(
             "Accuracy",
-            f"<p class=big>{acc}</p><p>Paper Table 1: {paper_text}</p>",
-            f"**{acc}**; paper Table 1: {paper_text}",
+            f"<p class=big>{acc}</p><p>{html.escape(loss_text)}</p><p>Paper Table 1: {paper_text}</p>",
+            f"**{acc}**; {loss_text} Paper Table 1: {paper_text}",
         )
     else:
         report.section("Accuracy", "<p>not evaluated yet (kpod evaluate)</p>", "not evaluated yet")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from kpod.artifacts import RunPaths, write_json
+from kpod.artifacts import RunPaths, read_json, write_json
 from kpod.data.datasets import DataError, read_jsonl
 
 
@@ -40,6 +40,7 @@ class EvaluatedRun:
     answer_sentence_rate: float
     content: str = ""  # digest of its predictions: a copy of a run under another name has the same
     setup: dict = field(default_factory=dict)  # dataset and student model, from its config
+    rationale_loss: float | None = None  # held-out rationale loss (nats/token), mean over the splits that have it
 
 
 @dataclass
@@ -90,6 +91,12 @@ def load_run(run_dir: str | Path, split: str, arm: str | None = None) -> Evaluat
         if not part:
             raise DataError(f"{predictions}: no predictions")
         rows += [{**r, "id": f"{name}/{r['id']}" if len(splits) > 1 else r["id"]} for r in part]
+    losses = []
+    for name in splits:
+        metrics = RunPaths(run_dir).eval_dir(name) / "metrics.json"
+        loss = (read_json(metrics, "rerun `kpod evaluate`").get("rationale_loss") or {}) if metrics.is_file() else {}
+        if loss.get("mean") is not None:
+            losses.append(loss["mean"])
     seed, setup = None, {}
     for stage in ("train", "evaluate"):
         snapshot = RunPaths(run_dir).config_snapshot(stage)
@@ -106,6 +113,7 @@ def load_run(run_dir: str | Path, split: str, arm: str | None = None) -> Evaluat
         answer_sentence_rate=sum(bool(r.get("answer_sentence")) for r in rows) / len(rows),
         content=digest.hexdigest(),
         setup=setup,
+        rationale_loss=statistics.mean(losses) if len(losses) == len(splits) else None,
     )
 
 
@@ -213,6 +221,11 @@ def compare_runs(runs: list[EvaluatedRun], resamples: int = 10_000) -> dict:
                 "accuracy_sd": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
                 "accuracies": accuracies,
                 "answer_sentence_rate": statistics.mean(r.answer_sentence_rate for r in arm.runs),
+                "rationale_loss": (
+                    statistics.mean(r.rationale_loss for r in arm.runs)
+                    if all(r.rationale_loss is not None for r in arm.runs)
+                    else None
+                ),
             }
         )
     pair_rows = []
@@ -256,13 +269,15 @@ def format_markdown(result: dict) -> str:
     lines = [
         f"{result['questions']} questions",
         "",
-        "| arm | runs | accuracy mean | sd | answer sentence |",
-        "|---|---|---|---|---|",
+        "| arm | runs | accuracy mean | sd | held-out rationale loss | answer sentence |",
+        "|---|---|---|---|---|---|",
     ]
     for a in result["arms"]:
         sd = "" if a["accuracy_sd"] is None else f"{a['accuracy_sd']:.2f}"
+        loss = "" if a.get("rationale_loss") is None else f"{a['rationale_loss']:.3f}"
         lines.append(
-            f"| {a['arm']} | {len(a['runs'])} | {a['accuracy_mean']:.2f}% | {sd} | {100 * a['answer_sentence_rate']:.0f}% |"
+            f"| {a['arm']} | {len(a['runs'])} | {a['accuracy_mean']:.2f}% | {sd} | {loss} | "
+            f"{100 * a['answer_sentence_rate']:.0f}% |"
         )
     lines += [
         "",
