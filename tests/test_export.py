@@ -79,6 +79,9 @@ def test_token_weights_export_as_a_dataset(trained_run, tmp_path):
 
 def test_export_needs_a_trained_student(tmp_path, capsys):
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "not a kpod run folder" in capsys.readouterr().err
+    (tmp_path / "stages.json").write_text("{}")  # a run folder whose student is not trained yet
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "train the student first" in capsys.readouterr().err
 
 

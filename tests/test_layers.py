@@ -7,7 +7,7 @@ from pathlib import Path
 import kpod
 
 PACKAGE = Path(kpod.__file__).parent
-ENTRY_POINTS = {"cli", "quickstart", "integrations"}
+ENTRY_POINTS = {"cli", "config_commands", "quickstart", "integrations"}
 ORCHESTRATION = {"pipeline", "report", "pages", "export"}
 STAGES = {"teacher", "weighting", "curriculum", "student", "evaluation"}
 
