@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import statistics
 from pathlib import Path
 
 from common import data_root  # bench/common.py: bench/ is on sys.path when a bench runs
@@ -28,7 +26,7 @@ from kpod.config import load_config
 from kpod.data import load_dataset_splits
 from kpod.teacher.importers import import_rationales, reference_rationales
 from kpod.weighting.data import WeightingItem
-from kpod.weighting.faithfulness import deletion_test
+from kpod.weighting.faithfulness import deletion_test, ratio_se
 from kpod.weighting.train import export_weights, load_weighting_module
 
 
@@ -47,18 +45,6 @@ def unseen_rationales(run: Path, root: Path, cfg, questions: int) -> list[dict]:
         if r["correct"] and r["id"] not in chosen and r["steps"]:
             chosen[r["id"]] = r
     return list(chosen.values())[:questions]
-
-
-def ratio_se(per_rationale: list[dict], a: str, b: str, seed: int = 0, resamples: int = 1000) -> float:
-    rng = random.Random(seed)
-    n = len(per_rationale)
-    ratios = []
-    for _ in range(resamples):
-        sample = [per_rationale[rng.randrange(n)] for _ in range(n)]
-        below = statistics.mean(r[f"damage_{b}"] for r in sample)
-        if below > 0:
-            ratios.append(statistics.mean(r[f"damage_{a}"] for r in sample) / below)
-    return statistics.stdev(ratios) if len(ratios) > 1 else float("nan")
 
 
 def main() -> None:
@@ -103,8 +89,8 @@ def main() -> None:
             print(
                 f"{run.name} {100 * fraction:4.1f}% of tokens, {result['rationales']} unseen rationales: damage "
                 + ", ".join(f"{v} {mean[v]:.3f}±{sem[v] or 0:.3f}" for v in ("top", "heuristic", "random", "bottom"))
-                + f"; top/heuristic {result['top_vs_heuristic'] or float('nan'):.2f}±{result['top_vs_heuristic_se']:.2f}"
-                + f", top/random {result['top_vs_random'] or float('nan'):.2f}±{result['top_vs_random_se']:.2f}",
+                + f"; top/heuristic {result['top_vs_heuristic'] or float('nan'):.2f}±{result['top_vs_heuristic_se'] or float('nan'):.2f}"
+                + f", top/random {result['top_vs_random'] or float('nan'):.2f}±{result['top_vs_random_se'] or float('nan'):.2f}",
                 flush=True,
             )
             if args.json:
