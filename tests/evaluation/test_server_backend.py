@@ -3,6 +3,7 @@ metrics as the local backend; retries, a cache that resumes, clear errors."""
 
 import json
 import os
+import shutil
 import threading
 
 import pytest
@@ -90,8 +91,10 @@ def test_faults_are_retried_answers_cached_and_a_new_student_asked_again(tmp_pat
 
     monkeypatch.setenv("KPOD_EVAL_API_KEY", "secret-for-the-server")
     answer = "3 + 4 = 7. Therefore, the answer is 7.\nQ: and the next question"
+    student = tmp_path / "student"  # a copy: its files are touched below, and the session's model is shared
+    shutil.copytree(tiny_llama, student)
     with FakeOpenAI(fault=fault, slow_seconds=6.0, complete=lambda prompt, max_tokens: answer) as server:
-        cfg = _server_cfg(tmp_path, server.url, tiny_llama)
+        cfg = _server_cfg(tmp_path, server.url, student)
         metrics = pipeline.evaluate(cfg)
         assert metrics["total"] == 8 and metrics["server"]["retries"] >= 5
         assert set(server.successes.values()) == {1}
@@ -101,7 +104,7 @@ def test_faults_are_retried_answers_cached_and_a_new_student_asked_again(tmp_pat
         assert {p["output"] for p in predictions} == {"3 + 4 = 7. Therefore, the answer is 7."}
         # a rerun asks nothing; a student whose files changed is asked again
         assert pipeline.evaluate(cfg)["server"]["requests_sent"] == 0
-        weights = next(tiny_llama.glob("*.safetensors"))
+        weights = next(student.glob("*.safetensors"))
         os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000_000))
         rerun = pipeline.evaluate(cfg)["server"]
         assert rerun["answered_from_cache"] == 0 and rerun["requests_sent"] == 8 + rerun["retries"]
