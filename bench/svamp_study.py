@@ -33,7 +33,7 @@ from svamp_smollm2 import ARMS, STUDENT_SETTINGS, first_correct_rationales  # be
 from kpod import pipeline
 from kpod.artifacts import RunPaths
 from kpod.config import load_config
-from kpod.data.datasets import read_jsonl
+from kpod.files import read_jsonl
 from kpod.weighting.faithfulness import measure_faithfulness
 
 PLAN = "std-cot:0,kpod:0,std-cot:1,kpod:1,std-cot:2,kpod:2,kpod-uniform:0,kpod-no-schedule:0,base:0"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kpod.artifacts import RunPaths
-from kpod.data.datasets import read_jsonl
+from kpod.files import read_jsonl
 from kpod.token_weights import loss_weights
 
 

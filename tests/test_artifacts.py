@@ -9,7 +9,7 @@ import tempfile
 import pytest
 
 from kpod.artifacts import write_json
-from kpod.data.datasets import DataError
+from kpod.files import DataError
 
 
 def test_files_follow_the_umask(tmp_path):
@@ -52,7 +52,7 @@ def test_schedule_file_round_trips_reads_old_files_and_refuses_malformed_ones(tm
     import pytest
 
     from kpod.artifacts import ScheduleFile, read_schedule, write_schedule
-    from kpod.data.datasets import DataError
+    from kpod.files import DataError
 
     path = tmp_path / "schedule.json"
     written = ScheduleFile(epochs=6, stages=8, input_steps={"q1#0": [3, 2, 1, 1, 0, 0, 0, 0]}, kind="linear")

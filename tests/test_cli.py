@@ -161,7 +161,7 @@ def test_damaged_run_files_give_one_line_errors(tmp_path, capsys):
     import pytest
 
     from kpod.artifacts import read_json
-    from kpod.data.datasets import DataError
+    from kpod.files import DataError
 
     with pytest.raises(DataError, match="schedule.json: damaged .*rerun `kpod cluster`"):
         read_json(run / "schedule/schedule.json", "delete it and rerun `kpod cluster`")

@@ -5,8 +5,8 @@ import sqlite3
 
 import pytest
 
-from kpod.data.datasets import DataError
 from kpod.endpoint import ResponseCache
+from kpod.files import DataError
 
 
 def test_a_malformed_row_names_the_file_and_its_key(tmp_path):

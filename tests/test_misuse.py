@@ -12,9 +12,9 @@ from fake_openai import FakeOpenAI
 from kpod import pipeline
 from kpod.cli import main
 from kpod.config import ConfigError, load_config
-from kpod.data.datasets import DataError
 from kpod.evaluation.compare import compare_runs, load_run
 from kpod.export import export_student, export_weights
+from kpod.files import DataError
 from kpod.teacher.openai_teacher import TeacherError
 
 

@@ -10,8 +10,8 @@ import sys
 
 from kpod import config_commands
 from kpod.config import ConfigError, load_config
-from kpod.data.datasets import DataError
 from kpod.endpoint import EndpointError
+from kpod.files import DataError
 from kpod.stages import STAGES
 
 STAGE_NAMES = (*(s.name for s in STAGES), "full_pipeline")
@@ -166,8 +166,55 @@ def _debug_flag(argv: list[str] | None) -> list[str]:
     return argv
 
 
-def print_stages(args: argparse.Namespace) -> None:
-    from kpod.records import stage_status
+def _report(args: argparse.Namespace) -> dict:
+    from kpod.report import write_report
+
+    return {"report": str(write_report(args.run_dir))}
+
+
+def _export(args: argparse.Namespace) -> dict:
+    from kpod.export import export_student, export_weights
+
+    if not (args.out or args.weights):
+        raise ValueError("kpod export: give --out DIR (the student) and/or --weights FILE (the token weights)")
+    result = {}
+    if args.out:
+        result["student"] = export_student(args.run_dir, args.out, merge=args.merge, push_to_hub=args.push_to_hub)
+    if args.weights:
+        result["weights"] = export_weights(args.run_dir, args.weights)
+    return result
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from kpod.evaluation.compare import compare
+
+    compare(args.runs, args.split, groups=args.group, html_path=args.html, json_path=args.json)
+
+
+def _faithfulness(args: argparse.Namespace) -> None:
+    from kpod.weighting.faithfulness import format_faithfulness, measure_faithfulness
+
+    _setup_logging(quiet=True)
+    result = measure_faithfulness(
+        args.run_dir,
+        fraction=args.fraction,
+        draws=args.draws,
+        judge=args.judge,
+        limit=args.limit,
+        seed=args.seed,
+        out=args.out,
+    )
+    print(format_faithfulness(result))
+
+
+def _show_weights(args: argparse.Namespace) -> None:
+    from kpod.pages import show_weights
+
+    show_weights(args.run_dir, args.n, args.html)
+
+
+def _stages(args: argparse.Namespace) -> None:
+    from kpod.stage_records import stage_status
 
     cfg = None
     if args.config or args.overrides:
@@ -176,63 +223,22 @@ def print_stages(args: argparse.Namespace) -> None:
         print(f"{name:<24} {'current' if reason is None else 'reruns: ' + reason}")
 
 
+# the commands that are not pipeline stages; every other command runs the stage of its name
+COMMANDS = {
+    "report": _report,
+    "export": _export,
+    "compare": _compare,
+    "faithfulness": _faithfulness,
+    "show_weights": _show_weights,
+    "stages": _stages,
+    "config": config_commands.run,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_debug_flag(argv))
-    if args.stage == "report":
-        from kpod.report import write_report
-
-        return _run(lambda: {"report": str(write_report(args.run_dir))})
-    if args.stage == "export":
-        from kpod.export import export_student, export_weights
-
-        def run_export() -> dict:
-            if not (args.out or args.weights):
-                raise ValueError("kpod export: give --out DIR (the student) and/or --weights FILE (the token weights)")
-            result = {}
-            if args.out:
-                result["student"] = export_student(
-                    args.run_dir, args.out, merge=args.merge, push_to_hub=args.push_to_hub
-                )
-            if args.weights:
-                result["weights"] = export_weights(args.run_dir, args.weights)
-            return result
-
-        return _run(run_export)
-    if args.stage == "compare":
-        from kpod.evaluation.compare import compare
-
-        return _run(
-            lambda: compare(args.runs, args.split, groups=args.group, html_path=args.html, json_path=args.json) and None
-        )
-    if args.stage == "faithfulness":
-        from kpod.weighting.faithfulness import format_faithfulness, measure_faithfulness
-
-        _setup_logging(quiet=True)
-        result = {}
-
-        def run() -> None:
-            result.update(
-                measure_faithfulness(
-                    args.run_dir,
-                    fraction=args.fraction,
-                    draws=args.draws,
-                    judge=args.judge,
-                    limit=args.limit,
-                    seed=args.seed,
-                    out=args.out,
-                )
-            )
-            print(format_faithfulness(result))
-
-        return _run(run)
-    if args.stage == "stages":
-        return _run(lambda: print_stages(args))
-    if args.stage == "config":
-        return _run(lambda: config_commands.run(args))
-    if args.stage == "show_weights":
-        from kpod.pages import show_weights
-
-        return _run(lambda: show_weights(args.run_dir, args.n, args.html))
+    if args.stage in COMMANDS:
+        return _run(lambda: COMMANDS[args.stage](args))
     _setup_logging(args.quiet)
     return _run(lambda: run_stage(args.stage, args))
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from kpod.data.datasets import DataError
+from kpod.files import DataError
 
 log = logging.getLogger(__name__)
 

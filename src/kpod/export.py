@@ -23,11 +23,11 @@ from kpod.artifacts import (
     read_schedule,
     read_weights,
 )
-from kpod.data.datasets import DataError
+from kpod.files import DataError
 from kpod.layout import DistillExample, split_texts
 from kpod.models import STUDENT_INFO, load_tokenizer, load_trained_student, merge_adapter, named_model_is_seq2seq
 from kpod.rationale import ANSWER_SENTENCE, PROMPT_TEMPLATE
-from kpod.records import require_fresh
+from kpod.stage_records import require_fresh
 
 CITATION = """@inproceedings{feng2024keypoint,
   title     = {Keypoint-based Progressive Chain-of-Thought Distillation for LLMs},

@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 
 from kpod.artifacts import RunPaths, rationale_key, read_rationales, read_weights
-from kpod.records import require_fresh
+from kpod.stage_records import require_fresh
 
 
 def _segments(rationale: str, offsets: list[tuple[int, int]], weights: list[float]) -> list[tuple[str, float | None]]:

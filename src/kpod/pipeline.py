@@ -23,8 +23,10 @@ import yaml
 
 from kpod.artifacts import RunPaths, write_json, write_jsonl
 from kpod.config import ConfigError, KPODConfig, record_reads
-from kpod.data.datasets import DataError, DatasetSplits, load_dataset_splits
-from kpod.records import (  # noqa: F401 - NOT_INPUTS, StaleInputError: part of the pipeline's interface
+from kpod.data.datasets import DatasetSplits, load_dataset_splits
+from kpod.files import DataError
+from kpod.runlock import run_folder_lock
+from kpod.stage_records import (  # noqa: F401 - NOT_INPUTS, StaleInputError: part of the pipeline's interface
     NOT_INPUTS,
     StaleInputError,
     check_upstream,
@@ -34,7 +36,6 @@ from kpod.records import (  # noqa: F401 - NOT_INPUTS, StaleInputError: part of 
     read_manifest,
     why_stale,
 )
-from kpod.runlock import run_folder_lock
 from kpod.stages import STAGES
 
 log = logging.getLogger("kpod")

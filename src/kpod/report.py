@@ -16,9 +16,9 @@ from pathlib import Path
 import yaml
 
 from kpod.artifacts import RunPaths, atomic_write_text, read_json, read_schedule
-from kpod.data.datasets import read_jsonl
+from kpod.files import read_jsonl
 from kpod.pages import HTML_STYLE, html_block, weight_examples
-from kpod.records import require_fresh
+from kpod.stage_records import require_fresh
 
 # Paper Table 1 (KPOD rows), accuracy in %.
 PAPER_KPOD = {

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from kpod.data.datasets import DataError
+from kpod.files import DataError
 
 LOCK_FILE = ".kpod.lock"
 _held: dict[Path, int] = {}  # this process's locks and how deeply each is nested

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from kpod.data import DataError, load_dataset_splits
+from kpod.data import load_dataset_splits
+from kpod.files import DataError
 from kpod.rationale import answers_match, extract_answer
 
 

@@ -6,7 +6,6 @@ import pytest
 
 from kpod.artifacts import write_jsonl
 from kpod.cli import main
-from kpod.data.datasets import DataError
 from kpod.evaluation.compare import (
     arm_name,
     compare_runs,
@@ -15,6 +14,7 @@ from kpod.evaluation.compare import (
     mcnemar_exact,
     paired_bootstrap,
 )
+from kpod.files import DataError
 
 
 def test_mcnemar_exact_by_hand():

@@ -9,8 +9,8 @@ import torch
 
 from kpod import pipeline
 from kpod.config import load_config
-from kpod.data import DataError
 from kpod.decoding import greedy_continuations
+from kpod.files import DataError
 from kpod.models import load_student
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import pytest
 from kpod import pipeline
 from kpod.config import load_config
 from kpod.data import load_dataset_splits
-from kpod.data.datasets import DataError
+from kpod.files import DataError
 from kpod.teacher.importers import import_rationales
 
 

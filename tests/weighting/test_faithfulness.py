@@ -5,7 +5,7 @@ import pytest
 
 from kpod.artifacts import write_json, write_jsonl
 from kpod.cli import main
-from kpod.data.datasets import DataError
+from kpod.files import DataError
 from kpod.models import load_tokenizer
 from kpod.pages import html_block, within_rationale_ranks
 from kpod.rationale import split_steps

@@ -284,7 +284,7 @@ def test_a_saved_weighting_module_weighs_rationales_as_when_it_was_trained(finis
     """weights/module.pt, loaded on its student, gives every rationale the weights the stage stored,
     so it can weigh rationales it never saw (bench/faithfulness_unseen.py)."""
     from kpod.artifacts import RunPaths, rationale_key, read_rationales
-    from kpod.data.datasets import read_jsonl
+    from kpod.files import read_jsonl
     from kpod.weighting.train import export_weights, load_weighting_module
 
     run, _ = finished_tiny_run

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from kpod.files import DataError, read_json, read_jsonl  # noqa: F401 - also imported from here
+from kpod.files import DataError, read_json, read_jsonl
 from kpod.rationale import Task, normalize_gold
 
 DATASETS = ("gsm8k", "asdiv", "svamp", "commonsenseqa")

@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 
 from kpod.artifacts import RunPaths, read_json, write_json
-from kpod.data.datasets import DataError, read_jsonl
+from kpod.files import DataError, read_jsonl
 
 
 @dataclass

@@ -18,7 +18,8 @@ from transformers import TrainingArguments
 from kpod import placement
 from kpod.artifacts import RunPaths, rationale_key, read_rationales, read_schedule, read_weights, write_json
 from kpod.config import TRAINER_ARGS_DEFAULTS, ConfigError, KPODConfig
-from kpod.data.datasets import DataError, DatasetSplits
+from kpod.data.datasets import DatasetSplits
+from kpod.files import DataError
 from kpod.layout import DistillCollator, DistillExample
 from kpod.models import add_lora, is_seq2seq, load_student, save_trained_student
 from kpod.student.data import DistillDataset

@@ -6,7 +6,8 @@ import glob
 import logging
 from pathlib import Path
 
-from kpod.data.datasets import DataError, Question, read_json, read_jsonl
+from kpod.data.datasets import Question
+from kpod.files import DataError, read_json, read_jsonl
 from kpod.teacher.records import rationale_record
 
 log = logging.getLogger(__name__)

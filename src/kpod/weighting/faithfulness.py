@@ -23,11 +23,11 @@ from tqdm.auto import tqdm
 
 from kpod import placement
 from kpod.artifacts import RunPaths, rationale_key, read_json, read_rationales, write_json
-from kpod.data.datasets import DataError, read_jsonl
+from kpod.files import DataError, read_jsonl
 from kpod.layout import DistillCollator, source_target_item, token_nll
 from kpod.models import is_seq2seq, load_model, load_tokenizer
 from kpod.rationale import ANSWER_CUE, QUESTION_SEPARATOR
-from kpod.records import require_fresh
+from kpod.stage_records import require_fresh
 
 VARIANTS = ("top", "bottom", "heuristic", "random")
 

@@ -22,7 +22,8 @@ import yaml
 from kpod import placement
 from kpod.artifacts import RunPaths, read_json
 from kpod.config import KPODConfig, leaf_fields
-from kpod.data.datasets import DataError, dataset_folders, default_data_dir
+from kpod.data.datasets import dataset_folders, default_data_dir
+from kpod.files import DataError
 from kpod.stages import BY_NAME, PRODUCERS
 
 log = logging.getLogger("kpod")
