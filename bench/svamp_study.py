@@ -37,7 +37,6 @@ from kpod.files import read_jsonl
 from kpod.weighting.faithfulness import measure_faithfulness
 
 PLAN = "std-cot:0,kpod:0,std-cot:1,kpod:1,std-cot:2,kpod:2,kpod-uniform:0,kpod-no-schedule:0,base:0"
-UPSTREAM = ["rationales", "weights", "difficulty", "clusters", "schedule"]
 
 
 def write_correctness(run_dir: Path, eval_name: str, out: Path) -> None:
@@ -54,25 +53,6 @@ def evaluated_after_training(run_dir: Path, eval_name: str) -> bool:
     metrics = RunPaths(run_dir).eval_dir(eval_name) / "metrics.json"
     student = RunPaths(run_dir).student / "kpod_student.json"
     return metrics.is_file() and (not student.is_file() or metrics.stat().st_mtime > student.stat().st_mtime)
-
-
-def reuse_upstream(source: Path, target: Path) -> None:
-    """An ablation arm, or a KPOD run of another length, shares the stages before `train` of a KPOD run of its
-    seed (same inputs, so the same stage keys): copying their files, records and config snapshots lets
-    full_pipeline skip them instead of recomputing identical files."""
-    if (target / "stages.json").is_file() or not (source / "stages.json").is_file():
-        return
-    target.mkdir(parents=True, exist_ok=True)
-    for name in UPSTREAM:
-        if (source / name).is_dir():
-            shutil.copytree(source / name, target / name, dirs_exist_ok=True)
-    stages = json.loads((source / "stages.json").read_text())
-    kept = {k: v for k, v in stages.items() if k not in ("train", "train_started") and not k.startswith("evaluate")}
-    (target / "stages.json").write_text(json.dumps(kept))
-    (target / "configs").mkdir(exist_ok=True)
-    for stage in kept:
-        if (snapshot := source / "configs" / f"{stage}.yaml").is_file():
-            shutil.copy2(snapshot, target / "configs" / snapshot.name)
 
 
 def main() -> None:
@@ -126,11 +106,12 @@ def main() -> None:
         asdiv = load_config(overrides=overrides + ["dataset=asdiv"])
         model_path = "smollm2" if arm == "base" else None
         start = time.time()
+        lender = None
         if arm.startswith("kpod-") or (arm == "kpod" and args.upstream_from):  # every ablation arm is kpod-<name>
-            reuse_upstream(Path(args.upstream_from or out) / f"kpod-s{seed}", run_dir)
+            lender = Path(args.upstream_from or out) / f"kpod-s{seed}"  # its stages before train, where they hold
         trained = (run_dir / "train" / "summary.json").is_file() and (run_dir / "student").is_dir()
         if arm != "base" and not trained:  # a trained run is not retrained (even by a later kpod version)
-            pipeline.full_pipeline(cfg)
+            pipeline.full_pipeline(cfg, reuse_from=lender if lender and lender.is_dir() else None)
         evaluations = [(cfg, "test", None), (cfg, "dev", None), (asdiv, "test", "asdiv")]
         for run_cfg, split, tag in evaluations:
             eval_name = split if tag is None else f"{split}-{tag}"

@@ -286,3 +286,27 @@ def test_stale_advice_is_a_complete_command_with_the_runs_own_config(finished_ti
     assert snapshot.is_file() and load_config(snapshot).teacher.kind == "reference"  # the run's own teacher
     assert main(["stages", str(run)]) == 0
     assert "train_token_weighting    reruns: rationales/train.jsonl changed since it ran" in capsys.readouterr().out
+
+
+def test_reuse_from_lends_the_stages_whose_records_hold(finished_tiny_run, tmp_path, caplog):
+    """Same rationales and weights, another schedule: generate, weighting and difficulties are borrowed,
+    cluster (which reads schedule.kind) and everything after it run here."""
+    import logging
+
+    source, overrides = finished_tiny_run
+    caplog.set_level(logging.INFO, logger="kpod")
+    cfg = load_config(overrides=overrides + [f"output_dir={tmp_path / 'linear'}", "schedule.kind=linear"])
+    results = pipeline.full_pipeline(cfg, reuse_from=source)
+    assert [s for s, r in results.items() if r == "skipped"] == [
+        "generate",
+        "train_token_weighting",
+        "calculate_difficulties",
+    ]
+    assert "borrowed from" in caplog.text and "stage cluster is not borrowed" in caplog.text
+    assert (tmp_path / "linear/weights/weights.jsonl").read_bytes() == (source / "weights/weights.jsonl").read_bytes()
+    assert json.loads((tmp_path / "linear/schedule/schedule.json").read_text()) != json.loads(
+        (source / "schedule/schedule.json").read_text()
+    )
+    # another seed draws other training questions (data.max_train_questions): nothing holds, nothing is lent
+    other = load_config(overrides=overrides + [f"output_dir={tmp_path / 'seed'}", "seed=7"])
+    assert pipeline.lend_stages(other, source) == [] and not (tmp_path / "seed/rationales").exists()

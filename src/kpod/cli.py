@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", required=True)
     for name in STAGE_NAMES:
         _common(sub.add_parser(name, help=f"run the {name} stage"))
+    sub.choices["full_pipeline"].add_argument(
+        "--reuse-from",
+        "--reuse_from",
+        dest="reuse_from",
+        metavar="RUN",
+        help="borrow RUN's stages before train whose records hold for this config (same rationales, weights, ...)",
+    )
     report = sub.add_parser("report", help="write report.html and report.md for a run folder")
     report.add_argument("run_dir")
     export = sub.add_parser(
@@ -122,7 +129,7 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict:
     if stage == "evaluate":
         return pipeline.evaluate(cfg, args.model_path)
     if stage == "full_pipeline":
-        return pipeline.full_pipeline(cfg, args.model_path)
+        return pipeline.full_pipeline(cfg, args.model_path, reuse_from=getattr(args, "reuse_from", None))
     return pipeline.STAGE_FUNCTIONS[stage](cfg)
 
 

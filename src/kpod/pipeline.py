@@ -344,12 +344,55 @@ def _discard_foreign_checkpoints(cfg, paths, manifest, inputs, arguments, main_p
         write_json(paths.manifest, manifest)
 
 
-def full_pipeline(cfg: KPODConfig, model_path: str | None = None, force: bool = False) -> dict:
-    """Every stage in order, each skipped when its recorded run still holds (stages.json)."""
+def full_pipeline(
+    cfg: KPODConfig, model_path: str | None = None, force: bool = False, reuse_from: str | Path | None = None
+) -> dict:
+    """Every stage in order, each skipped when its recorded run still holds (stages.json). reuse_from:
+    another run folder whose stages before `train` are borrowed where their records hold for this config."""
     check_choices(cfg)
     prepare_run_folder(RunPaths(cfg.run_dir).root)
     with run_folder_lock(cfg.run_dir):
+        if reuse_from is not None and not force:
+            lend_stages(cfg, Path(reuse_from))
         return _run_stages(cfg, model_path, force)
+
+
+def lend_stages(cfg: KPODConfig, source: Path) -> list[str]:
+    """Copy into this run the stages of `source` whose records hold for this config, in pipeline order
+    and stopping at the first that does not: their folders, records and config snapshots. A stage this
+    run already has current is kept. The rule is a rerun's: the settings each stage read, its input
+    files (upstream ones are the lent copies) and the files it read outside the run folder."""
+    source_paths, paths = RunPaths(source).require_run(), RunPaths(cfg.run_dir)
+    if source_paths.root.resolve() == paths.root.resolve():
+        raise DataError(f"--reuse-from {source}: that is this run folder")
+    as_source = cfg.model_copy(update={"output_dir": source_paths.root})
+    theirs = read_manifest(source_paths.root)
+    lent = []
+    for stage in (s for s in STAGES if s.lends and (cfg.method == "kpod" or not s.kpod_only)):
+        if why_stale(cfg, stage.name, read_manifest(paths.root)) is None:
+            continue  # ours already holds
+        reason = why_stale(as_source, stage.name, theirs)
+        if reason is not None:
+            log.info("stage %s is not borrowed from %s: %s", stage.name, source, reason)
+            break
+        for folder in stage.lends:
+            if (source_paths.root / folder).is_dir():
+                shutil.rmtree(paths.root / folder, ignore_errors=True)
+                shutil.copytree(source_paths.root / folder, paths.root / folder)
+        manifest = read_manifest(paths.root)
+        manifest[stage.name] = theirs[stage.name]
+        write_json(paths.manifest, manifest)
+        reason = why_stale(cfg, stage.name, manifest)  # its inputs here (ours, or lent) are the ones it read
+        if reason is not None:
+            del manifest[stage.name]
+            write_json(paths.manifest, manifest)
+            log.info("stage %s is not borrowed from %s: here %s", stage.name, source, reason)
+            break
+        paths.config_snapshot(stage.name).parent.mkdir(parents=True, exist_ok=True)
+        paths.config_snapshot(stage.name).write_text(yaml.safe_dump(cfg.snapshot(), sort_keys=False))
+        lent.append(stage.name)
+    log.info("borrowed from %s: %s", source, ", ".join(lent) or "nothing")
+    return lent
 
 
 def _run_stages(cfg: KPODConfig, model_path: str | None, force: bool) -> dict:

@@ -21,6 +21,7 @@ class Stage:
     writes: Callable[[RunPaths], list[Path]]  # the files that say it has run
     folder: str | None = None  # the run-folder folder whose files it writes, when later stages read them
     kpod_only: bool = False  # Std-CoT runs skip it
+    lends: tuple[str, ...] = ()  # the run-folder folders another run may borrow (full_pipeline --reuse-from)
 
 
 def _train_inputs(p: RunPaths, c: dict) -> list[Path]:
@@ -32,13 +33,14 @@ def _train_inputs(p: RunPaths, c: dict) -> list[Path]:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("generate", lambda p, c: [], lambda p: [p.rationales("train")], folder="rationales"),
+    Stage("generate", lambda p, c: [], lambda p: [p.rationales("train")], folder="rationales", lends=("rationales",)),
     Stage(
         "train_token_weighting",
         lambda p, c: [p.rationales("train")],
         lambda p: [p.weights],
         folder="weights",
         kpod_only=True,
+        lends=("weights",),
     ),
     Stage(
         "calculate_difficulties",
@@ -46,6 +48,7 @@ STAGES: tuple[Stage, ...] = (
         lambda p: [p.difficulties],
         folder="difficulty",
         kpod_only=True,
+        lends=("difficulty",),
     ),
     Stage(
         "cluster",
@@ -53,6 +56,7 @@ STAGES: tuple[Stage, ...] = (
         lambda p: [p.clusters],
         folder="schedule",
         kpod_only=True,
+        lends=("clusters", "schedule"),
     ),
     Stage("train", _train_inputs, lambda p: [p.student / "kpod_student.json"]),
     Stage("evaluate", lambda p, c: [], lambda p: []),  # recorded per split as evaluate/<split>
