@@ -202,11 +202,10 @@ def write_schedule(path: Path, schedule: ScheduleFile) -> None:
 
 
 def read_schedule(path: Path) -> ScheduleFile:
-    """The schedule file; one written before `stages` and `kind` existed reads as kpod's, a stage per epoch."""
+    """The schedule file, checked: a step count per curriculum stage for every rationale."""
     if not Path(path).is_file():
         raise DataError(f"{path}: schedule not found (run `kpod calculate_difficulties` and `kpod cluster`)")
-    data = read_json(path, "delete it and rerun `kpod cluster`", ("epochs", "input_steps"))
-    data.setdefault("stages", data["epochs"])
+    data = read_json(path, "delete it and rerun `kpod cluster`", ("epochs", "stages", "input_steps"))
     known = {f for f in ScheduleFile.__dataclass_fields__}
     steps = data["input_steps"]
     if not isinstance(steps, dict) or any(

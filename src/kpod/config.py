@@ -595,38 +595,6 @@ def _map_original_names(raw: dict) -> dict:
     return out
 
 
-# TrainingArguments copies that earlier versions kept in the train section
-RETIRED_TRAIN_FIELDS = {
-    "weight_decay": "weight_decay",
-    "warmup_ratio": "warmup_steps",  # a float < 1 is a share of the steps in transformers 5
-    "lr_scheduler": "lr_scheduler_type",
-    "bf16": "bf16",
-    "gradient_checkpointing": "activation_checkpointing",
-    "save_total_limit": "save_total_limit",
-    "logging_steps": "logging_steps",
-    "max_steps": "max_steps",
-    "sampling": "train_sampling_strategy",
-}
-
-
-def _map_retired_fields(raw: dict) -> dict:
-    train = raw.get("train")
-    if isinstance(train, dict) and RETIRED_TRAIN_FIELDS.keys() & train.keys():
-        passed = dict(train.get("trainer_args") or {})
-        for old, new in RETIRED_TRAIN_FIELDS.items():
-            if old in train:
-                passed.setdefault(new, train[old])
-        kept = {k: v for k, v in train.items() if k not in RETIRED_TRAIN_FIELDS}
-        raw = {**raw, "train": {**kept, "trainer_args": passed}}
-    teacher = raw.get("teacher")
-    if isinstance(teacher, dict) and "filter_incorrect" in teacher:
-        # an earlier field that duplicated train.include_incorrect (and only changed a summary count)
-        raw = {**raw, "teacher": {k: v for k, v in teacher.items() if k != "filter_incorrect"}}
-        train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
-        raw["train"] = {"include_incorrect": not teacher["filter_incorrect"], **train}
-    return raw
-
-
 class DuplicateKeyError(yaml.YAMLError):
     pass
 
@@ -667,7 +635,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     for key, value in items:
         overridden.add(ORIGINAL_NAMES.get(key, key))
         _set_dotted(raw, key, value)
-    raw = _map_retired_fields(raw)
     try:
         return KPODConfig.model_validate(raw)
     except ValidationError as exc:

@@ -3,9 +3,8 @@
 A stage's record holds the config fields it read (with their values), the digests of the files it
 read (run-folder files by their place in the folder; the dataset's folders and a local base model by
 their role, digested from their files' names, sizes and modification times) and its arguments. A
-record no longer holds when any of these changed; one made before kpod fingerprinted the dataset and
-the base model (no such keys) is trusted for them, so upgrading kpod reruns nothing. A setting added to
-kpod after a record was made reruns its stage once it leaves its default. Stages run by hand, and
+record no longer holds when any of these changed. A setting added to kpod after a record was made
+reruns its stage once it leaves its default. Stages run by hand, and
 commands that read a stage's output, check the whole chain of producers above what they read.
 """
 
@@ -37,8 +36,7 @@ class StaleInputError(DataError):
 
 
 def _outside_inputs(cfg: KPODConfig, stage: str) -> dict[str, Path]:
-    """Inputs outside the run folder, by role: a record stays valid when they move with their files, and
-    a record made before kpod fingerprinted them (no such key) is trusted."""
+    """Inputs outside the run folder, by role: a record stays valid when they move with their files."""
     c = cfg.snapshot()
     files = {}
     if stage == "generate" and c["teacher"]["kind"] == "file" and c["teacher"]["import_path"]:
@@ -116,29 +114,11 @@ def read_manifest(run_dir: Path) -> dict:
     if not path.is_file():
         return {}
     manifest = read_json(path, "delete it: every stage then reruns once")
-    if isinstance(manifest, dict) and all(isinstance(v, str) for v in manifest.values()):
-        log.warning(
-            "%s was written by an older kpod (no record of what each stage read): every stage reruns once", path
-        )
-        return {}
     if not isinstance(manifest, dict) or any(not isinstance(v, dict) for v in manifest.values()):
         raise DataError(
             f"{path}: not a stage manifest written by this version of kpod; delete it (every stage then reruns once)"
         )
     return manifest
-
-
-# Settings kpod gained after stage records began but before each record listed the settings its kpod had,
-# with the stages that read them: a record without that list knew every other setting. (train.trainer_args
-# is left out: it replaced settings whose records no longer hold anyway.)
-_NEWER_THAN_UNLISTED_RECORDS = {
-    "schedule.kind": "cluster",
-    "train.weight_floor": "train",
-    "eval.backend": "evaluate",
-} | {
-    f"eval.server_{name}": "evaluate"
-    for name in ("api_key_env", "concurrency", "max_retries", "model", "stall_timeout", "timeout", "url")
-}
 
 
 @functools.cache
@@ -156,10 +136,7 @@ def _newer_setting_in_use(cfg: KPODConfig, stage: str, record: dict) -> str | No
     """A setting the record's kpod did not have, now away from its default: the stage ran with the
     default's behaviour, so it must run again (whether it reads the setting is not recorded, so a
     record that lists its settings reruns for any such setting)."""
-    if "settings" in record:
-        newer = [d for d in leaf_fields(KPODConfig) if d not in record["settings"] and d not in NOT_INPUTS]
-    else:
-        newer = [d for d, reader in _NEWER_THAN_UNLISTED_RECORDS.items() if stage.split("/")[0] == reader]
+    newer = [d for d in leaf_fields(KPODConfig) if d not in record.get("settings", ()) and d not in NOT_INPUTS]
     for dotted in newer:
         now, before = effective_value(cfg, dotted), effective_value(_defaults(), dotted)
         if now != before:
@@ -189,8 +166,6 @@ def why_stale(cfg: KPODConfig, stage: str, manifest: dict, arguments: dict | Non
         return f"its arguments changed ({record.get('arguments')} -> {arguments})"
     now_inputs = current_inputs(cfg, stage, record.get("arguments", {}))
     for name, digest in now_inputs.items():
-        if name not in record["inputs"] and name.startswith(ROLE_PREFIXES):
-            continue  # recorded before kpod fingerprinted inputs outside the run folder
         if record["inputs"].get(name) != digest:
             return f"{name} changed since it ran"
     return None
@@ -240,7 +215,7 @@ def require_fresh(run_dir: str | Path, stage: str) -> None:
     manifest = read_manifest(paths.root)
     snapshot = paths.config_snapshot(stage)
     if stage not in manifest or not snapshot.is_file():
-        return  # an older run folder without records: read as it is
+        return  # the stage has not run here (a Std-CoT run has no weights): the reader says what is missing
     cfg = load_config(snapshot, {"output_dir": str(paths.root)})
     reason = why_stale(cfg, stage, manifest)
     problem = (outputs(cfg, stage)[0], stage, reason) if reason else _stale_upstream(cfg, stage, manifest, set())
