@@ -81,3 +81,47 @@ def test_an_empty_question_is_refused_naming_the_row(tmp_path, question):
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="unknown dataset"):
         load_dataset_splits("mnist")
+
+
+def test_hub_rows_become_questions_for_every_dataset(monkeypatch):
+    """The Hub path of every registry entry, on rows shaped as each Hub dataset ships them."""
+    import datasets
+
+    from kpod.data import datasets as module
+
+    rows = {
+        "openai/gsm8k": {"question": "A has 2 and gets 3. How many?", "answer": "2+3=<<2+3=5>>5\n#### 5"},
+        "ChilleD/SVAMP": {"ID": "chal-1", "Body": "A has 2.", "Question": "How many?", "Answer": 2.0},
+        "EleutherAI/asdiv": {"body": "A has 2.", "question": "How many?", "answer": "2 (apples)"},
+        "tau/commonsense_qa": {
+            "id": "x1",
+            "question": "Where?",
+            "choices": {"label": ["A", "B", "C", "D", "E"], "text": ["a", "b", "c", "d", "e"]},
+            "answerKey": "B",
+        },
+    }
+
+    def load_dataset(repo, config=None):
+        spec = next(s for s in module.REGISTRY.values() if s.hub[0] == repo)
+        return datasets.DatasetDict(
+            {split: datasets.Dataset.from_list([rows[repo]]) for split in spec.hub_splits if split}
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.delenv("KPOD_DATA_DIR")
+    gsm8k = load_dataset_splits("gsm8k")
+    assert gsm8k.train[0].answer == "5" and gsm8k.train[0].solution == "2+3=5" and len(gsm8k.test) == 1
+    assert load_dataset_splits("svamp").test[0].question == "A has 2. How many?"
+    asdiv = load_dataset_splits("asdiv")
+    assert asdiv.train == [] and asdiv.test[0].answer == "2"
+    csqa = load_dataset_splits("csqa")
+    assert csqa.test[0].choices == ["a", "b", "c", "d", "e"] and csqa.test[0].answer == "B"
+
+
+def test_a_new_dataset_is_one_registry_entry(data_dir, monkeypatch):
+    from kpod.data import datasets as module
+
+    svamp = module.REGISTRY["svamp"]
+    monkeypatch.setitem(module.REGISTRY, "svamp-copy", module.DatasetSpec(**{**svamp.__dict__, "aliases": ("svc",)}))
+    splits = load_dataset_splits("svc", data_dir)
+    assert splits.name == "svamp-copy" and (len(splits.train), len(splits.dev), len(splits.test)) == (700, 150, 150)

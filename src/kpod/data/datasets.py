@@ -9,18 +9,13 @@ from __future__ import annotations
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from kpod.files import DataError, read_json, read_jsonl
 from kpod.rationale import Task, normalize_gold
-
-DATASETS = ("gsm8k", "asdiv", "svamp", "commonsenseqa")
-DATASET_TASK: dict[str, Task] = {"gsm8k": "math", "asdiv": "math", "svamp": "math", "commonsenseqa": "choice"}
-_MCC_KD_FOLDER = {"gsm8k": "GSM8K", "asdiv": "ASDiv", "svamp": "SVAMP", "commonsenseqa": "CSQA"}
-_ALIASES = {"csqa": "commonsenseqa", "cqa": "commonsenseqa"}
 
 
 @dataclass
@@ -50,8 +45,8 @@ class DatasetSplits:
 
 
 def canonical_dataset(name: str) -> str:
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key not in DATASETS:
+    key = next((n for n, spec in REGISTRY.items() if name.lower() in (n, *spec.aliases)), None)
+    if key is None:
         raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)}")
     return key
 
@@ -168,37 +163,129 @@ def csqa_question_text(stem: str, choices: list[str]) -> str:
     return f"{stem.strip()} Answer Choices: {options}"
 
 
+# ---------------------------------------------------------------- one entry per dataset
+
+
+def _plain_key(question: Question) -> str:
+    return _key(question.question)
+
+
+def _instruction_key(instruction: str) -> str:
+    return _key(instruction)
+
+
+def _csqa_question_key(question: Question) -> str:
+    return _key(_csqa_key(question.question.split("Answer Choices:")[0], question.choices))
+
+
+def _csqa_instruction_key(instruction: str) -> str:
+    stem, _, options = instruction.partition("Answer Choices:")
+    return _key(_csqa_key(stem, re.findall(r"^[A-E]\.\s*(.*)$", options.strip(), flags=re.MULTILINE)))
+
+
+def _hub_gsm8k(row: dict, split: str, i: int) -> Question:
+    gold = normalize_gold(row["answer"].split("####")[-1], "math")
+    return Question(f"gsm8k-{split}-{i}", row["question"], gold, "math", solution=clean_gsm8k_solution(row["answer"]))
+
+
+def _hub_svamp(row: dict, split: str, i: int) -> Question:
+    text = f"{row['Body'].strip()} {row['Question'].strip()}"
+    return Question(f"svamp-{row['ID']}", text, normalize_gold(row["Answer"], "math"), "math")
+
+
+def _hub_asdiv(row: dict, split: str, i: int) -> Question:
+    text = f"{row['body']} {row['question']}"
+    return Question(f"asdiv-{i}", text, normalize_gold(row["answer"].split("(")[0], "math"), "math")
+
+
+def _hub_csqa(row: dict, split: str, i: int) -> Question:
+    choices = list(row["choices"]["text"])
+    text = csqa_question_text(row["question"], choices)
+    return Question(f"csqa-{row['id']}", text, answer=row["answerKey"], task="choice", choices=choices)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything kpod knows of a dataset: adding one is one entry in REGISTRY (and its test)."""
+
+    task: Task
+    folder: str  # its official release under the data folder
+    official: Callable[[Path], tuple[list[Question], list[Question]]]  # data folder -> (train, test)
+    mcc_kd_folder: str  # the paper's splits, under <data>/splits_mcc_kd/
+    hub: tuple[str, str | None]  # Hugging Face Hub repo and config, for a machine without a data folder
+    hub_row: Callable[[dict, str, int], Question]  # (row, split, index) -> Question
+    hub_splits: tuple[str | None, str]  # the Hub's (train, test) split names; None: no training split
+    question_key: Callable[[Question], str] = _plain_key  # how an MCC-KD split file's instruction
+    instruction_key: Callable[[str], str] = _instruction_key  # ... finds its question of the release
+    mcc_kd_train: bool = False  # the splits ship a train file; else train is every other question
+    aliases: tuple[str, ...] = ()
+
+
+REGISTRY: dict[str, DatasetSpec] = {
+    "gsm8k": DatasetSpec(
+        task="math",
+        folder="gsm8k",
+        official=lambda root: (
+            _gsm8k_file(root / "gsm8k/train.jsonl", "gsm8k-train"),
+            _gsm8k_file(root / "gsm8k/test.jsonl", "gsm8k-test"),
+        ),
+        mcc_kd_folder="GSM8K",
+        hub=("openai/gsm8k", "main"),
+        hub_row=_hub_gsm8k,
+        hub_splits=("train", "test"),
+    ),
+    "asdiv": DatasetSpec(
+        task="math",
+        folder="asdiv",
+        official=lambda root: ([], _asdiv_file(root / "asdiv/ASDiv.xml")),
+        mcc_kd_folder="ASDiv",
+        hub=("EleutherAI/asdiv", None),
+        hub_row=_hub_asdiv,
+        hub_splits=(None, "validation"),
+    ),
+    "svamp": DatasetSpec(
+        task="math",
+        folder="svamp",
+        official=lambda root: ([], _svamp_file(root / "svamp/SVAMP.json")),
+        mcc_kd_folder="SVAMP",
+        hub=("ChilleD/SVAMP", None),
+        hub_row=_hub_svamp,
+        hub_splits=("train", "test"),
+        mcc_kd_train=True,
+    ),
+    "commonsenseqa": DatasetSpec(
+        task="choice",
+        folder="csqa",
+        official=lambda root: (
+            _csqa_file(root / "csqa/train_rand_split.jsonl"),
+            _csqa_file(root / "csqa/dev_rand_split.jsonl"),
+        ),
+        mcc_kd_folder="CSQA",
+        hub=("tau/commonsense_qa", None),
+        hub_row=_hub_csqa,
+        hub_splits=("train", "validation"),
+        question_key=_csqa_question_key,
+        instruction_key=_csqa_instruction_key,
+        aliases=("csqa", "cqa"),
+    ),
+}
+DATASETS = tuple(REGISTRY)
+DATASET_TASK: dict[str, Task] = {name: spec.task for name, spec in REGISTRY.items()}
+
+
 # ---------------------------------------------------------------- splits
-
-
-_OFFICIAL_FOLDER = {"gsm8k": "gsm8k", "svamp": "svamp", "asdiv": "asdiv", "commonsenseqa": "csqa"}
 
 
 def dataset_folders(name: str, root: Path, split_source: str = "mcc_kd") -> list[Path]:
     """The folders of `root` that a dataset's questions are read from."""
-    name = canonical_dataset(name)
-    folders = [Path(root) / _OFFICIAL_FOLDER[name]]
-    return folders + ([Path(root) / "splits_mcc_kd" / _MCC_KD_FOLDER[name]] if split_source == "mcc_kd" else [])
+    spec = REGISTRY[canonical_dataset(name)]
+    folders = [Path(root) / spec.folder]
+    return folders + ([Path(root) / "splits_mcc_kd" / spec.mcc_kd_folder] if split_source == "mcc_kd" else [])
 
 
 def _official(name: str, root: Path) -> DatasetSplits:
-    if name == "gsm8k":
-        return DatasetSplits(
-            name,
-            _gsm8k_file(root / "gsm8k/train.jsonl", "gsm8k-train"),
-            dev=[],
-            test=_gsm8k_file(root / "gsm8k/test.jsonl", "gsm8k-test"),
-        )
-    if name == "svamp":
-        return DatasetSplits(name, [], dev=[], test=_svamp_file(root / "svamp/SVAMP.json"))
-    if name == "asdiv":
-        return DatasetSplits(name, [], dev=[], test=_asdiv_file(root / "asdiv/ASDiv.xml"))
-    return DatasetSplits(
-        name,
-        _csqa_file(root / "csqa/train_rand_split.jsonl"),
-        dev=[],
-        test=_csqa_file(root / "csqa/dev_rand_split.jsonl"),
-    )
+    train, test = REGISTRY[name].official(root)
+    return DatasetSplits(name, train, dev=[], test=test)
 
 
 def _match_split(path: Path, pool: dict[str, Question], name: str) -> list[Question]:
@@ -206,12 +293,7 @@ def _match_split(path: Path, pool: dict[str, Question], name: str) -> list[Quest
     out = []
     for i, row in enumerate(read_json(path)):
         _require(row, ("instruction", "label"), f"{path}: item {i}")
-        text = row["instruction"]
-        if name == "commonsenseqa":
-            stem, _, options = text.partition("Answer Choices:")
-            choices = re.findall(r"^[A-E]\.\s*(.*)$", options.strip(), flags=re.MULTILINE)
-            text = _csqa_key(stem, choices)
-        found = pool.get(_key(text))
+        found = pool.get(REGISTRY[name].instruction_key(row["instruction"]))
         if found is None:
             raise DataError(f"{path}: item {i}: question not found in the official {name} files")
         out.append(found)
@@ -223,17 +305,15 @@ def _csqa_key(stem: str, choices: list[str]) -> str:
 
 
 def _mcc_kd(name: str, root: Path) -> DatasetSplits:
+    spec = REGISTRY[name]
     official = _official(name, root)
     everything = official.train + official.test
-    if name == "commonsenseqa":
-        pool = {_key(_csqa_key(q.question.split("Answer Choices:")[0], q.choices)): q for q in everything}
-    else:
-        pool = {_key(q.question): q for q in everything}
-    folder = root / "splits_mcc_kd" / _MCC_KD_FOLDER[name]
+    pool = {spec.question_key(q): q for q in everything}
+    folder = root / "splits_mcc_kd" / spec.mcc_kd_folder
     dev = _match_split(folder / "dev.json", pool, name)
     test = _match_split(folder / "test.json", pool, name)
     held_out = {q.id for q in dev + test}
-    if name == "svamp":
+    if spec.mcc_kd_train:
         train = _match_split(folder / "train.json", pool, name)
     else:
         train = [q for q in everything if q.id not in held_out]
@@ -261,67 +341,14 @@ def load_dataset_splits(
     return _mcc_kd(name, root)
 
 
-_HUB = {
-    "gsm8k": ("openai/gsm8k", "main"),
-    "svamp": ("ChilleD/SVAMP", None),
-    "asdiv": ("EleutherAI/asdiv", None),
-    "commonsenseqa": ("tau/commonsense_qa", None),
-}
-
-
 def _from_hub(name: str) -> DatasetSplits:
     import datasets
 
-    repo, config = _HUB[name]
-    ds = datasets.load_dataset(repo, config)
+    spec = REGISTRY[name]
+    ds = datasets.load_dataset(*spec.hub)
 
-    def convert(split: str) -> list[Question]:
-        out = []
-        for i, row in enumerate(ds[split]) if split in ds else []:
-            if name == "gsm8k":
-                out.append(
-                    Question(
-                        f"gsm8k-{split}-{i}",
-                        row["question"],
-                        answer=normalize_gold(row["answer"].split("####")[-1], "math"),
-                        task="math",
-                        choices=None,
-                        solution=clean_gsm8k_solution(row["answer"]),
-                    )
-                )
-            elif name == "svamp":
-                out.append(
-                    Question(
-                        f"svamp-{row['ID']}",
-                        f"{row['Body'].strip()} {row['Question'].strip()}",
-                        answer=normalize_gold(row["Answer"], "math"),
-                        task="math",
-                    )
-                )
-            elif name == "asdiv":
-                out.append(
-                    Question(
-                        f"asdiv-{i}",
-                        f"{row['body']} {row['question']}",
-                        answer=normalize_gold(row["answer"].split("(")[0], "math"),
-                        task="math",
-                    )
-                )
-            else:
-                choices = list(row["choices"]["text"])
-                out.append(
-                    Question(
-                        f"csqa-{row['id']}",
-                        csqa_question_text(row["question"], choices),
-                        answer=row["answerKey"],
-                        task="choice",
-                        choices=choices,
-                    )
-                )
-        return out
+    def convert(split: str | None) -> list[Question]:
+        return [spec.hub_row(row, split, i) for i, row in enumerate(ds[split])] if split in ds else []
 
-    if name == "commonsenseqa":
-        return DatasetSplits(name, convert("train"), dev=[], test=convert("validation"))
-    if name == "asdiv":
-        return DatasetSplits(name, [], dev=[], test=convert("validation"))
-    return DatasetSplits(name, convert("train"), dev=[], test=convert("test"))
+    train, test = spec.hub_splits
+    return DatasetSplits(name, convert(train), dev=[], test=convert(test))
