@@ -46,7 +46,7 @@ def test_an_unwritable_folder_names_the_file_not_a_temporary_one(tmp_path, monke
         write_json(tmp_path / "other.json", {})
 
 
-def test_schedule_file_round_trips_reads_old_files_and_refuses_malformed_ones(tmp_path):
+def test_schedule_file_round_trips_and_refuses_malformed_ones(tmp_path):
     import json
 
     import pytest
@@ -58,9 +58,9 @@ def test_schedule_file_round_trips_reads_old_files_and_refuses_malformed_ones(tm
     written = ScheduleFile(epochs=6, stages=8, input_steps={"q1#0": [3, 2, 1, 1, 0, 0, 0, 0]}, kind="linear")
     write_schedule(path, written)
     assert read_schedule(path) == written
-    path.write_text(json.dumps({"epochs": 2, "input_steps": {"q1#0": [1, 0]}, "c0": 3.0}))  # before stages/kind
-    old = read_schedule(path)
-    assert (old.stages, old.kind, old.c0) == (2, "kpod", 3.0)
+    path.write_text(json.dumps({"epochs": 2, "input_steps": {"q1#0": [1, 0]}, "c0": 3.0}))  # no stages: refused
+    with pytest.raises(DataError, match="stages"):
+        read_schedule(path)
     path.write_text(json.dumps({"epochs": 2, "stages": 3, "input_steps": {"q1#0": [1, 0]}}))
     with pytest.raises(DataError, match="3 step counts"):
         read_schedule(path)
