@@ -26,7 +26,7 @@ from kpod.config import load_config
 from kpod.data import load_dataset_splits
 from kpod.teacher.importers import import_rationales, reference_rationales
 from kpod.weighting.data import WeightingItem
-from kpod.weighting.faithfulness import deletion_test, ratio_se
+from kpod.weighting.faithfulness import Judge, deletion_test, ratio_se
 from kpod.weighting.train import export_weights, load_weighting_module
 
 
@@ -71,11 +71,12 @@ def main() -> None:
         weights = export_weights(model, collator, items)
         del model
         by_key = {rationale_key(r): r for r in rows}
+        judge = Judge(cfg.student.model)  # loaded once for every fraction
         for fraction in (float(f) for f in args.fractions.split(",")):
             result = deletion_test(
                 weights,
                 by_key,
-                cfg.student.model,
+                judge,
                 fraction=fraction,
                 draws=args.draws,
                 judge_cache=cache,

@@ -99,6 +99,22 @@ class RunPaths:
         """The resolved config of the stage's last run."""
         return self.root / "configs" / f"{stage}.yaml"
 
+    def write_config_snapshot(self, stage: str, snapshot: dict) -> Path:
+        """Write a resolved config (KPODConfig.snapshot()) as the stage's snapshot."""
+        import yaml
+
+        path = self.config_snapshot(stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(snapshot, sort_keys=False))
+        return path
+
+    def stage_config(self, stage: str) -> dict:
+        """The stage's config snapshot as a mapping; {} when it has not run here."""
+        import yaml
+
+        path = self.config_snapshot(stage)
+        return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
     def rationales_summary(self, split: str = "train") -> Path:
         return self.root / "rationales" / f"{split}.summary.json"
 

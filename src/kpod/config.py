@@ -685,25 +685,23 @@ def read_config_file(path: str | Path) -> dict:
 def commented_yaml(cfg: KPODConfig, header: str = "") -> str:
     """The configuration as YAML, every field under its description as a comment; fields away from
     their default are marked `# (changed)`."""
-    defaults = KPODConfig().snapshot()
-    values = cfg.snapshot()
+    changed = changed_settings(cfg)
     lines = [f"# {line}" if line else "#" for line in header.splitlines()]
 
-    def emit(model: type[BaseModel], node: dict, default: dict, indent: str) -> None:
+    def emit(model: type[BaseModel], node: dict, prefix: str, indent: str) -> None:
         for name, field in model.model_fields.items():
             kind = field.annotation
             if isinstance(kind, type) and issubclass(kind, _Section):
                 lines.extend(["", f"{indent}{name}:"])
-                emit(kind, node[name], default[name], indent + "  ")
+                emit(kind, node[name], f"{prefix}{name}.", indent + "  ")
                 continue
             if field.description:
                 lines.append(f"{indent}# {field.description}")
             value = yaml.safe_dump({name: node[name]}, default_flow_style=True, sort_keys=False, width=10**6)
             value = value.strip()[1:-1]  # the flow mapping's braces off: `name: value`
-            changed = "  # (changed)" if node[name] != default[name] else ""
-            lines.append(f"{indent}{value}{changed}")
+            lines.append(f"{indent}{value}" + ("  # (changed)" if prefix + name in changed else ""))
 
-    emit(KPODConfig, values, defaults, "")
+    emit(KPODConfig, cfg.snapshot(), "", "")
     return "\n".join(lines).lstrip("\n") + "\n"
 
 

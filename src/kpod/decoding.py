@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import statistics
 
 import torch
 from accelerate.utils.memory import release_memory, should_reduce_batch_size
@@ -279,6 +280,6 @@ def rationale_loss(
         per_question += (nll.sum(1) / counted.sum(1).clamp(min=1)).cpu().tolist()
     model.train(was_training)
     n = len(per_question)
-    mean = sum(per_question) / n if n else None
-    se = (sum((x - mean) ** 2 for x in per_question) / (n - 1)) ** 0.5 / n**0.5 if n > 1 else None
+    mean = statistics.mean(per_question) if n else None
+    se = statistics.stdev(per_question) / n**0.5 if n > 1 else None
     return {"mean": mean, "se": se, "questions": n}

@@ -12,8 +12,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import yaml
-
 from kpod.artifacts import (
     RunPaths,
     atomic_write_text,
@@ -119,8 +117,7 @@ def _replace_with(staging: Path, out: Path, run_dir: Path) -> None:
 
 
 def _run_config(paths: RunPaths) -> dict:
-    snapshot = paths.config_snapshot("train")
-    return (yaml.safe_load(snapshot.read_text()) or {}) if snapshot.is_file() else {}
+    return paths.stage_config("train")
 
 
 def model_card(paths: RunPaths, config: dict, info: dict, kind: str) -> str:
@@ -219,10 +216,7 @@ def export_weights(run_dir: str | Path, out: str | Path) -> dict:
     require_fresh(paths.root, "cluster")
     weights = read_weights(paths.weights)
     schedule = read_schedule(paths.schedule).input_steps if paths.schedule.is_file() else {}
-    snapshot = paths.config_snapshot("train_token_weighting")
-    student = (
-        ((yaml.safe_load(snapshot.read_text()) or {}).get("student") or {}).get("model") if snapshot.is_file() else None
-    )
+    student = (paths.stage_config("train_token_weighting").get("student") or {}).get("model")
     seq2seq = named_model_is_seq2seq(student) if student else None
     rows = []
     for r in read_rationales(paths.rationales("train"), include_incorrect=True):

@@ -83,8 +83,7 @@ def stage_logging(cfg: KPODConfig, stage: str):
     paths = RunPaths(cfg.run_dir)
     prepare_run_folder(paths.root)
     paths.log_file(stage).parent.mkdir(parents=True, exist_ok=True)
-    paths.config_snapshot(stage).parent.mkdir(parents=True, exist_ok=True)
-    paths.config_snapshot(stage).write_text(yaml.safe_dump(cfg.snapshot(), sort_keys=False))
+    paths.write_config_snapshot(stage, cfg.snapshot())
     handler = logging.FileHandler(paths.log_file(stage))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -388,8 +387,7 @@ def lend_stages(cfg: KPODConfig, source: Path) -> list[str]:
             write_json(paths.manifest, manifest)
             log.info("stage %s is not borrowed from %s: here %s", stage.name, source, reason)
             break
-        paths.config_snapshot(stage.name).parent.mkdir(parents=True, exist_ok=True)
-        paths.config_snapshot(stage.name).write_text(yaml.safe_dump(cfg.snapshot(), sort_keys=False))
+        paths.write_config_snapshot(stage.name, cfg.snapshot())
         lent.append(stage.name)
     log.info("borrowed from %s: %s", source, ", ".join(lent) or "nothing")
     return lent
@@ -413,7 +411,7 @@ def _run_stages(cfg: KPODConfig, model_path: str | None, force: bool) -> dict:
             log.info("stage %s is up to date, skipped", stage)
             results[stage] = "skipped"
             # its record holds for this config: the run's readers check the run as it now is
-            paths.config_snapshot(stage).write_text(yaml.safe_dump(cfg.snapshot(), sort_keys=False))
+            paths.write_config_snapshot(stage, cfg.snapshot())
             continue
         log.info("stage %s runs: %s", stage, reason)
         if stage == "train":

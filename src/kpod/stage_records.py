@@ -16,8 +16,6 @@ import json
 import logging
 from pathlib import Path
 
-import yaml
-
 from kpod import placement
 from kpod.artifacts import RunPaths, read_json
 from kpod.config import KPODConfig, leaf_fields
@@ -177,9 +175,7 @@ def check_upstream(cfg: KPODConfig, stage: str, manifest: dict) -> None:
     problem = _stale_upstream(cfg, stage, manifest, seen=set())
     if problem:
         path, producer, reason = problem
-        requested = RunPaths(cfg.run_dir).config_snapshot("requested")
-        requested.parent.mkdir(parents=True, exist_ok=True)
-        requested.write_text(yaml.safe_dump(cfg.snapshot(), sort_keys=False))
+        requested = RunPaths(cfg.run_dir).write_config_snapshot("requested", cfg.snapshot())
         raise StaleInputError(
             f"{path} is out of date for this config: {reason}. Run `kpod {producer} --config {requested}` "
             f"(this command's config), or `kpod full_pipeline --config {requested}`, which reruns what is stale, first"

@@ -55,6 +55,7 @@ class Judge:
     """A frozen model that scores the gold answer after [question; rationale; answer cue]."""
 
     def __init__(self, name: str, batch_size: int = 8, dtype: str | None = None):
+        self.name = name
         self.tokenizer = load_tokenizer(name)
         self.model = load_model(name, dtype).eval()
         self.seq2seq = is_seq2seq(self.model)
@@ -160,7 +161,7 @@ def measure_faithfulness(
 def deletion_test(
     weights: list[dict],
     rationales: dict[str, dict],
-    judge: str,
+    judge: str | Judge,
     *,
     fraction: float = 0.2,
     draws: int = 3,
@@ -171,10 +172,11 @@ def deletion_test(
     dtype: str | None = None,
 ) -> dict:
     """The deletion test of any token weights (rows of weights.jsonl's form: key, tokens, offsets, weights)
-    on their rationales (rationale rows by key: question, rationale, gold), judged by `judge`."""
+    on their rationales (rationale rows by key: question, rationale, gold), judged by `judge` (a model
+    name, or a loaded Judge to score several tests with one model)."""
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be between 0 and 1, not {fraction}")
-    scorer = Judge(judge, batch_size, dtype)
+    scorer = judge if isinstance(judge, Judge) else Judge(judge, batch_size, dtype)
     rng = random.Random(seed)
     per_rationale = [
         _deletion_damages(
@@ -183,7 +185,7 @@ def deletion_test(
         for row in tqdm(weights, desc="faithfulness", disable=not progress)
     ]
     result = summarize_damages(per_rationale)
-    result.update({"judge": judge, "fraction": fraction, "random_draws": draws})
+    result.update({"judge": scorer.name, "fraction": fraction, "random_draws": draws})
     result["auc_digits_operators"] = weight_auc(weights)
     result["per_rationale"] = per_rationale
     return result
@@ -279,11 +281,12 @@ def weights_quality(
     two standard errors of the paired difference, at every fraction."""
     cache: dict = {}
     by_fraction, passes = {}, []
+    scorer = Judge(judge, dtype=dtype)  # one model for every fraction
     for fraction in fractions:
         result = deletion_test(
             weights,
             rationales,
-            judge,
+            scorer,
             fraction=fraction,
             draws=draws,
             judge_cache=cache,
