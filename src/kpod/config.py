@@ -258,6 +258,10 @@ class WeightingConfig(_Section):
     )
     attention_heads: int = Field(4, ge=1, description="Heads of the single self-attention layer.")
     mlp_hidden: int = Field(256, ge=1, description="Hidden width of the two-layer MLP f_w.")
+    head_init: Literal["zero", "random"] = Field(
+        "random",
+        description="Initial output layer of f_w: zero (ours: every token starts at the same w, so the ranking comes from training alone and not from the seed's random initial function) or random (PyTorch's default, as the paper leaves it).",
+    )
     gradient_checkpointing: bool = Field(
         False,
         description="Recompute the reasoner's activations in the backward pass (all prefixes of a batch go through it at once, so memory grows with batch_size x prefixes).",

@@ -89,6 +89,7 @@ class TokenWeighter(nn.Module):
         mlp_hidden: int = 256,
         positions: Literal["from_end", "none"] = "from_end",
         keep_rate: float | None = 0.8,
+        head_init: Literal["zero", "random"] = "random",
     ):
         super().__init__()
         self.keep_rate = keep_rate
@@ -103,6 +104,9 @@ class TokenWeighter(nn.Module):
         self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
         self.norm = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, mlp_hidden), nn.GELU(), nn.Linear(mlp_hidden, 1))
+        if head_init == "zero":
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
 
     @property
     def width(self) -> int:

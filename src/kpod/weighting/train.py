@@ -46,7 +46,12 @@ def build_keypoint_model(cfg: KPODConfig, student_name: str | None = None):
     if w.gradient_checkpointing and not (w.freeze_reasoner and w.reasoner_warmup_epochs == 0):
         reasoner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     weighter = TokenWeighter(
-        embeddings, w.attention_heads, mlp_hidden=w.mlp_hidden, positions=w.positions, keep_rate=w.keep_rate
+        embeddings,
+        w.attention_heads,
+        mlp_hidden=w.mlp_hidden,
+        positions=w.positions,
+        keep_rate=w.keep_rate,
+        head_init=w.head_init,
     )
     model = KeypointModel(
         weighter,
