@@ -8,7 +8,7 @@ command -v chromium >/dev/null || { echo "needs Debian's chromium: apt-get insta
 kpod report "$run" >/dev/null
 profile=$(mktemp -d)
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
-  --disable-component-update --disable-sync --user-data-dir="$profile" --window-size=1200,2400 \
+  --disable-component-update --disable-sync --user-data-dir="$profile" --window-size=1200,${KPOD_SCREENSHOT_HEIGHT:-2400} \
   --screenshot="$out" "file://$(realpath "$run")/report.html" 2>/dev/null
 dom=$(chromium --headless --no-sandbox --disable-gpu --disable-background-networking --user-data-dir="$profile" \
   --dump-dom "file://$(realpath "$run")/report.html" 2>/dev/null)

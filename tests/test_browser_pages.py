@@ -1,5 +1,6 @@
 """The report and the comparison page in a real browser (headless Chromium through Selenium): the
-sections render, every figure loads, the token-weight view shows more than one shade, and the report's
+sections render, every figure loads (results of every arm, curriculum phases, budget, clusters,
+training loss of every arm), the token-weight view shows more than one shade, and the report's
 link to its comparison opens. `.ci/run` installs Chromium and sets KPOD_REQUIRE_BROWSER=1, so there
 the test cannot be skipped; elsewhere it is skipped when Chromium, chromedriver or selenium is missing."""
 
@@ -63,6 +64,10 @@ def test_report_and_comparison_render_in_chromium(finished_tiny_run, tmp_path):
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
     rows[0]["correct"] = not rows[0]["correct"]
     predictions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics_file = baseline / "eval/test/metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics["accuracy"], metrics["rationale_loss"]["mean"] = 50.0, 4.25
+    metrics_file.write_text(json.dumps(metrics))
     assert main(["compare", str(kpod_run), str(baseline), "--html", str(tmp_path / "compare.html")]) == 0
     assert main(["report", str(kpod_run)]) == 0
 
@@ -79,7 +84,13 @@ def test_report_and_comparison_render_in_chromium(finished_tiny_run, tmp_path):
     sections = " | ".join(report["sections"])
     for expected in ("Accuracy", "Token weights", "Comparison", "Progressive schedule", "Training", "Predictions"):
         assert expected in sections, f"{expected} missing from the rendered report: {sections}"
-    assert len(report["images"]) >= 3 and all(i["loaded"] for i in report["images"]), report["images"]
+    assert all(i["loaded"] for i in report["images"]), report["images"]
+    pictures = {i["alt"] for i in report["images"]}
+    assert pictures == {"results", "phases", "budget", "clusters", "training"}, pictures
+    arms = [line for line in (kpod_run / "report.md").read_text().splitlines() if line.startswith("| kpod")]
+    arms += [line for line in (kpod_run / "report.md").read_text().splitlines() if line.startswith("| std-cot")]
+    assert len(arms) == 2, "the report's results table names both arms of its comparison"
+    assert arms[1].startswith("| std-cot | 50.00 | 4.250 ± "), arms  # each arm's own metrics
     assert report["shades"] > 1, "the token-weight view shows one shade only"
     assert report["rendered_height"] > 1000
     assert comparison["title"] == "kpod compare"

@@ -19,10 +19,13 @@ from pathlib import Path
 from kpod import pipeline
 from kpod.artifacts import RunPaths
 from kpod.config import load_config
+from kpod.evaluation.compare import compare
+from kpod.files import DataError
 from kpod.report import write_report
 from kpod.weighting.faithfulness import format_quality
 
 DEFAULT_CONFIG = Path("configs/cpu-quickstart.yaml")
+log = logging.getLogger(__name__)
 
 
 def run(config: Path = DEFAULT_CONFIG, overrides: list[str] | None = None) -> list[dict]:
@@ -69,6 +72,17 @@ def run(config: Path = DEFAULT_CONFIG, overrides: list[str] | None = None) -> li
     print(format_example(rows))
     print("\nAre the token weights keypoints? (the weighting stage's own check, on rationales it never trained on)")
     print(format_quality(json.loads(RunPaths(kpod_cfg.run_dir).weights_quality.read_text())))
+    try:  # the report draws every arm from the comparison
+        compare(
+            [],
+            split=kpod_cfg.eval.split,
+            groups=[f"{name}={cfg.run_dir}" for name, cfg, _ in rows],
+            json_path=str(root / "comparison.json"),
+            html_path=str(root / "comparison.html"),
+            echo=False,
+        )
+    except DataError as error:  # e.g. two arms answered every question alike: the report shows KPOD alone
+        log.warning("no comparison of the arms: %s", error)
     report = write_report(kpod_cfg.run_dir)
     print(f"\nThe KPOD run's report (training loss, curriculum, token weights, accuracy): open {report.resolve()}")
     return table

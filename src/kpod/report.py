@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+import statistics
 from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
-from kpod.artifacts import RunPaths, atomic_write_text, read_json, read_schedule
+from kpod.artifacts import RunPaths, atomic_write_text, read_difficulties, read_json, read_schedule
 from kpod.files import read_jsonl
 from kpod.pages import HTML_STYLE, html_block, weight_examples
 from kpod.stage_records import require_fresh
@@ -46,14 +47,14 @@ def _jsonl(path: Path) -> list[dict]:
     return read_jsonl(path) if path.is_file() else []
 
 
-def _figure(draw) -> bytes:
+def _figure(draw, panels: int = 1) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=110)
-    draw(ax)
+    fig, axes = plt.subplots(1, panels, figsize=(6.4 if panels == 1 else 9.6, 3.4), dpi=110, squeeze=False)
+    draw(*axes[0])
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -63,40 +64,65 @@ def _figure(draw) -> bytes:
 
 def _budget_plot(schedule: dict):
     def draw(ax):
-        stages = [r["stage"] for r in schedule["table"]]
+        stages = [r["stage"] + 1 for r in schedule["table"]]
         ax.plot(stages, [r["budget"] for r in schedule["table"]], "o-", label="budget D(t)")
         ax.plot(stages, [r["achieved"] for r in schedule["table"]], "s--", label="achieved H(t)")
-        ax.set_xlabel("stage (epoch)")
+        ax.set_xlabel(f"curriculum phase (one {schedule.get('stage_unit', 'epoch')} each)")
+        ax.set_xticks(stages)
         ax.set_ylabel("output difficulty")
         ax.legend()
-        ax.set_title("Progressive schedule")
+        ax.set_title("Difficulty the student writes: budget and achieved")
 
     return draw
 
 
 def _cluster_plot(schedule: dict):
     def draw(ax):
-        stages = [r["stage"] for r in schedule["table"]]
+        stages = [r["stage"] + 1 for r in schedule["table"]]
         bottom = [0] * len(stages)
         for k in sorted(schedule["table"][0]["per_cluster"], key=int):
             values = [r["per_cluster"][k] for r in schedule["table"]]
             ax.bar(stages, values, bottom=bottom, label=f"cluster {k}")
             bottom = [b + v for b, v in zip(bottom, values)]
-        ax.set_xlabel("stage (epoch)")
+        ax.set_xlabel(f"curriculum phase (one {schedule.get('stage_unit', 'epoch')} each)")
         ax.set_ylabel("steps moved to the output")
         ax.legend(fontsize=7)
-        ax.set_title("Cluster balance of each stage's selection")
+        ax.set_title("Steps each phase moves to the output, by question cluster")
+        ax.set_xticks(stages)
 
     return draw
 
 
-def _training_plot(summary: dict):
+def _phase_plot(schedule: dict, steps_per_rationale: dict[str, int]):
+    """Per curriculum phase: rationale steps given to the student in its input, and steps it writes."""
+
     def draw(ax):
-        losses = summary.get("loss_history", [])
-        ax.plot([h["step"] for h in losses], [h["loss"] for h in losses], label="train loss")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        dev = summary.get("dev_history", [])
+        phases = range(schedule["stages"])
+        given = [sum(c[t] for c in schedule["input_steps"].values()) for t in phases]
+        total = sum(steps_per_rationale.get(key, 0) for key in schedule["input_steps"])
+        written = [total - g for g in given]
+        labels = [str(t + 1) for t in phases]
+        ax.bar(labels, written, color="tab:red", label="steps the student writes (output)")
+        ax.bar(labels, given, bottom=written, color="tab:gray", alpha=0.5, label="steps given in its input")
+        ax.set_xlabel(f"curriculum phase (one {schedule.get('stage_unit', 'epoch')} each)")
+        ax.set_ylabel("rationale steps, all rationales")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.set_title("What each phase asks of the student (last steps first)")
+
+    return draw
+
+
+def _training_plot(curves: list[tuple[str, dict]]):
+    """Training loss of each run, one line per arm and seed, and dev accuracy when there is one run."""
+
+    def draw(ax):
+        for label, summary in curves:
+            losses = summary.get("loss_history", [])
+            ax.plot([h["step"] for h in losses], [h["loss"] for h in losses], label=f"{label} train loss")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("training loss (nats/token)")
+        ax.legend(fontsize=7)
+        dev = curves[0][1].get("dev_history", []) if len(curves) == 1 else []
         if dev:
             twin = ax.twinx()
             twin.plot(
@@ -104,6 +130,35 @@ def _training_plot(summary: dict):
             )
             twin.set_ylabel("dev accuracy (%)")
         ax.set_title("Training")
+
+    return draw
+
+
+def _results_plot(rows: list[dict]):
+    """Accuracy and held-out rationale loss of each arm, side by side, with standard errors."""
+
+    def draw(accuracy_ax, loss_ax):
+        names = [r["arm"] for r in rows]
+        colours = [f"C{i}" for i in range(len(rows))]
+        bars = accuracy_ax.bar(names, [r["accuracy"] for r in rows], color=colours)
+        accuracy_ax.bar_label(bars, labels=[f"{r['accuracy']:.1f}%" for r in rows])
+        accuracy_ax.set_ylim(0, max(10.0, 1.25 * max(r["accuracy"] for r in rows)))
+        accuracy_ax.set_ylabel("accuracy (%)")
+        accuracy_ax.set_title("Final-answer accuracy")
+        measured = [r for r in rows if r["loss"] is not None]
+        bars = loss_ax.bar(
+            [r["arm"] for r in measured],
+            [r["loss"] for r in measured],
+            yerr=[r["loss_se"] or 0 for r in measured],
+            capsize=4,
+            color=[c for c, r in zip(colours, rows) if r["loss"] is not None],
+        )
+        loss_ax.bar_label(bars, labels=[f"{r['loss']:.3f}" for r in measured], label_type="center", color="white")
+        loss_ax.set_ylabel("nats per token (lower is better)")
+        loss_ax.set_title("Held-out rationale loss")
+        if measured:
+            low = min(r["loss"] - (r["loss_se"] or 0) for r in measured)
+            loss_ax.set_ylim(bottom=max(0.0, low - 0.25 * abs(low)))
 
     return draw
 
@@ -120,8 +175,8 @@ class Report:
         self.html.append(f"<h2>{html.escape(title)}</h2>{body_html}")
         self.markdown.append(f"## {title}\n\n{body_md}\n")
 
-    def figure(self, name: str, draw) -> tuple[str, str]:
-        png = _figure(draw)
+    def figure(self, name: str, draw, panels: int = 1) -> tuple[str, str]:
+        png = _figure(draw, panels)
         self.figures.append((name, png))
         return (
             f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">',
@@ -158,6 +213,39 @@ def write_report(run_dir: str | Path) -> Path:
     return _write_pages(report, paths, f"KPOD run report: {config.get('dataset', '?')}, {_student_name(config)}")
 
 
+def _arms(paths: RunPaths) -> list[tuple[str, list[Path]]]:
+    """The arms of the comparison this run belongs to (kpod compare), with their run folders; or this run alone."""
+    link = _json(paths.comparison)
+    if not (link and link.get("arms")):
+        return [("this run", [paths.root])]
+    return [(arm["arm"], [Path(r) for r in arm["runs"]]) for arm in link["arms"]]
+
+
+def _result_rows(arms: list[tuple[str, list[Path]]], split: str) -> list[dict]:
+    rows = []
+    for name, runs in arms:
+        found = [m for m in (_json(RunPaths(r).eval_dir(split) / "metrics.json") for r in runs) if m]
+        if not found:
+            continue
+        losses = [m["rationale_loss"]["mean"] for m in found if (m.get("rationale_loss") or {}).get("mean") is not None]
+        loss = statistics.mean(losses) if len(losses) == len(found) else None
+        if loss is None:
+            loss_se = None
+        elif len(losses) == 1:
+            loss_se = found[0]["rationale_loss"].get("se")
+        else:
+            loss_se = statistics.stdev(losses) / len(losses) ** 0.5
+        rows.append(
+            {
+                "arm": name,
+                "accuracy": statistics.mean(m["accuracy"] for m in found),
+                "loss": loss,
+                "loss_se": loss_se,
+            }
+        )
+    return rows
+
+
 def _student_name(config: dict) -> str:
     return (config.get("student") or {}).get("model", "?")
 
@@ -179,10 +267,18 @@ def _accuracy_section(report: Report, paths: RunPaths, config: dict, split: str)
             if loss.get("mean") is not None
             else ""
         )
+        rows = _result_rows(_arms(paths), split)
+        h, m = report.figure("results", _results_plot(rows), panels=2) if rows else ("", "")
+        m += "\n\n| arm | accuracy (%) | held-out rationale loss |\n|---|---|---|\n" + "\n".join(
+            f"| {r['arm']} | {r['accuracy']:.2f} | "
+            + ("n/a" if r["loss"] is None else f"{r['loss']:.3f} ± {r['loss_se'] or 0:.3f}")
+            + " |"
+            for r in rows
+        )
         report.section(
             "Accuracy",
-            f"<p class=big>{acc}</p><p>{html.escape(loss_text)}</p><p>Paper Table 1: {paper_text}</p>",
-            f"**{acc}**; {loss_text} Paper Table 1: {paper_text}",
+            f"<p class=big>{acc}</p><p>{html.escape(loss_text)}</p>{h}<p>Paper Table 1: {paper_text}</p>",
+            f"**{acc}**; {loss_text}\n\n{m}\n\nPaper Table 1: {paper_text}",
         )
     else:
         report.section("Accuracy", "<p>not evaluated yet (kpod evaluate)</p>", "not evaluated yet")
@@ -254,21 +350,44 @@ def _schedule_section(report: Report, paths: RunPaths) -> None:
     if not schedule["table"]:
         report.section("Progressive schedule", f"<p>{paths.schedule} has no stages</p>", "the schedule has no stages")
         return
+    steps = (
+        {key: len(d) for key, d in read_difficulties(paths.difficulties).items()}
+        if paths.difficulties.is_file()
+        else {}
+    )
+    h0, m0 = report.figure("phases", _phase_plot(schedule, steps)) if steps else ("", "")
     h1, m1 = report.figure("budget", _budget_plot(schedule))
     h2, m2 = report.figure("clusters", _cluster_plot(schedule))
     table_file = paths.schedule_table
     table = table_file.read_text() if table_file.is_file() else ""
     report.section(
-        "Progressive schedule", f"{h1}{h2}<pre>{html.escape(table)}</pre>", f"{m1}\n\n{m2}\n\n```\n{table}```"
+        "Progressive schedule",
+        f"{h0}{h1}{h2}<pre>{html.escape(table)}</pre>",
+        f"{m0}\n\n{m1}\n\n{m2}\n\n```\n{table}```",
     )
 
 
 def _training_section(report: Report, paths: RunPaths) -> None:
     summary = _json(paths.train_summary)
-    if summary and summary.get("loss_history"):
-        h, m = report.figure("training", _training_plot(summary))
-        facts = f"{summary['method']}, {summary['examples']} examples, {summary['epochs']} epochs, {summary['seconds']:.0f} s"
-        report.section("Training", f"<p>{facts}</p>{h}", f"{facts}\n\n{m}")
+    if not (summary and summary.get("loss_history")):
+        return
+    curves = [
+        (name if len(runs) == 1 else f"{name} {run.name}", _json(RunPaths(run).train_summary))
+        for name, runs in _arms(paths)
+        for run in runs
+    ]
+    curves = [(label, s) for label, s in curves if s and s.get("loss_history")] or [("this run", summary)]
+    h, m = report.figure("training", _training_plot(curves))
+    facts = (
+        f"{summary['method']}, {summary['examples']} examples, {summary['epochs']} epochs, {summary['seconds']:.0f} s."
+    )
+    if any(s.get("method") == "kpod" for _, s in curves) and len(curves) > 1:
+        facts += (
+            " KPOD's loss is token-weighted and, until the last phase, only on the steps each phase asks the"
+            " student to write, so its curve is not on the same scale as Std-CoT's; the held-out rationale loss"
+            " under Accuracy compares them."
+        )
+    report.section("Training", f"<p>{html.escape(facts)}</p>{h}", f"{facts}\n\n{m}")
 
 
 def _predictions_section(report: Report, paths: RunPaths, split: str) -> None:

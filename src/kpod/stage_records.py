@@ -66,23 +66,28 @@ def outputs(cfg: KPODConfig, stage: str) -> list[Path]:
     return BY_NAME[stage].writes(p)
 
 
-def _digest(path: Path) -> str:
-    if not path.exists():
-        return "missing"
-    if path.is_dir():
-        # a folder (the student) by its files' names, sizes and modification times: a retrained student is
-        # re-evaluated even when its settings are unchanged, without reading gigabytes to hash them
-        state = [
-            (str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
-            for f in sorted(path.rglob("*"))
-            if f.is_file()
-        ]
-        return hashlib.sha256(json.dumps(state).encode()).hexdigest()[:16]
+def _file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
+
+
+def _digest(path: Path, by_content: bool = False) -> str:
+    """A file by its bytes; a folder by its files' names and bytes (by_content: datasets, a few MB, so a
+    copied or re-extracted dataset keeps its runs), or else by their names, sizes and modification
+    times (a model folder: a retrained student is re-evaluated without reading gigabytes to hash it)."""
+    if not path.exists():
+        return "missing"
+    if not path.is_dir():
+        return _file_digest(path)[:16]
+    files = [f for f in sorted(path.rglob("*")) if f.is_file()]
+    if by_content:
+        state = [(str(f.relative_to(path)), _file_digest(f)) for f in files]
+    else:
+        state = [(str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return hashlib.sha256(json.dumps(state).encode()).hexdigest()[:16]
 
 
 def current_inputs(cfg: KPODConfig, stage: str, arguments: dict) -> dict:
@@ -93,7 +98,7 @@ def current_inputs(cfg: KPODConfig, stage: str, arguments: dict) -> dict:
     if stage.startswith("evaluate/") and arguments.get("model_path") is None:
         files["student"] = RunPaths(cfg.run_dir).student
     files.update(_outside_inputs(cfg, stage))
-    return {name: _digest(f) for name, f in files.items()}
+    return {name: _digest(f, by_content=name.startswith(ROLE_PREFIXES[0])) for name, f in files.items()}
 
 
 # settings whose meaning depends on the machine: recorded and compared as what they resolved to (the

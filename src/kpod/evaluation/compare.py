@@ -339,6 +339,7 @@ def compare(
     groups: list[str] | None = None,
     html_path: str | None = None,
     json_path: str | None = None,
+    echo: bool = True,
 ) -> dict:
     """Load, group, compare; writes the JSON (and HTML) and a `comparison.json` link in each run folder."""
     runs = [load_run(r, split) for r in run_dirs]
@@ -351,7 +352,8 @@ def compare(
         raise ValueError("no runs to compare")
     result = compare_runs(runs)
     result["split"] = split
-    print(format_markdown(result))
+    if echo:
+        print(format_markdown(result))
     if json_path:
         write_json(Path(json_path), result)
     if html_path:
@@ -364,6 +366,7 @@ def compare(
                 "json": str(Path(json_path).resolve()) if json_path else None,
                 "split": split,
                 "arm": run.arm,
+                "arms": [{"arm": a["arm"], "runs": a["runs"]} for a in result["arms"]],
             },
         )
     return result
