@@ -7,6 +7,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("KPOD_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()
 os.environ["KPOD_DATA_DIR"] = str(DATA)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["KPOD_CHECK_DECLARED"] = "1"  # a stage that reads a setting it does not declare fails the test
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

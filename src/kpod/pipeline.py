@@ -31,9 +31,11 @@ from kpod.stage_records import (  # noqa: F401 - NOT_INPUTS, StaleInputError: pa
     StaleInputError,
     check_upstream,
     current_inputs,
+    declared_uses,
     effective_value,
     new_record,
     read_manifest,
+    undeclared_reads,
     why_stale,
 )
 from kpod.stages import STAGES
@@ -293,17 +295,16 @@ def recorded_stage(cfg: KPODConfig, stage: str, arguments: dict | None = None):
 
 def check_choices(cfg: KPODConfig) -> None:
     """Settings named after an entry of a stage's table (weighting.estimator, schedule.kind) are checked
-    against it before anything runs (the shared config layer cannot see the stages' tables). Read
-    without being recorded, so checking them makes no stage depend on them."""
+    against it before anything runs (the shared config layer cannot see the stages' tables)."""
     from kpod.curriculum.schedule import SCHEDULES
     from kpod.weighting.module import estimator_problem
 
     problems = []
-    kind = cfg.value_at("schedule.kind")
+    kind = cfg.schedule.kind
     if kind not in SCHEDULES:
         problems.append(f"schedule.kind: unknown {kind!r}; known: {', '.join(sorted(SCHEDULES))}")
-    w = cfg.value_at("weighting")
-    problem = estimator_problem(w["estimator"], masking=w["masking"], samples=w["samples"])
+    w = cfg.weighting
+    problem = estimator_problem(w.estimator, masking=w.masking, samples=w.samples)
     if problem:
         problems.append(problem)
     if problems:
@@ -324,10 +325,15 @@ def _recorded(cfg: KPODConfig, stage: str, arguments: dict, paths: RunPaths):
         write_json(paths.manifest, manifest)
     with record_reads() as reads:
         yield
+    undeclared = undeclared_reads(cfg, stage, reads)
+    if undeclared:  # the stage table is wrong: its record would hold when these change
+        message = f"stage {stage} read settings the stage table does not declare: {', '.join(undeclared)} (kpod.stages)"
+        if os.environ.get("KPOD_CHECK_DECLARED") == "1":
+            raise AssertionError(message)
+        log.warning("%s; it reruns only when a declared setting changes", message)
     if main_process:
-        recorded = {d: effective_value(cfg, d) for d in sorted(reads - NOT_INPUTS)}
         manifest = read_manifest(paths.root)
-        manifest[stage] = new_record(recorded, inputs, arguments)
+        manifest[stage] = new_record(cfg, stage, inputs, arguments)
         write_json(paths.manifest, manifest)
 
 

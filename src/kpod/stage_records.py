@@ -1,11 +1,11 @@
-"""What each stage read, in `stages.json`, and whether that record still holds.
+"""What each stage used, in `stages.json`, and whether that record still holds.
 
-A stage's record holds the config fields it read (with their values), the digests of the files it
-read (run-folder files by their place in the folder; the dataset's folders and a local base model by
-their role, digested from their files' names, sizes and modification times) and its arguments. A
-record no longer holds when any of these changed. A setting added to kpod after a record was made
-reruns its stage once it leaves its default. Stages run by hand, and
-commands that read a stage's output, check the whole chain of producers above what they read.
+A stage's record holds the settings it declares in the stage table (`kpod.stages`, with their values),
+the digests of the files it read (run-folder files by their place in the folder; the dataset's folders
+by their files' names and bytes; a local base model by its files' names, sizes and modification times)
+and its arguments. A record no longer holds when any of these changed, or when a setting it declares
+but did not record (one added to kpod since) has left its default. Stages run by hand, and commands
+that read a stage's output, check the whole chain of producers above what they read.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from pathlib import Path
 
 from kpod import placement
 from kpod.artifacts import RunPaths, read_json
-from kpod.config import KPODConfig, leaf_fields
+from kpod.config import KPODConfig
 from kpod.data.datasets import dataset_folders, default_data_dir
 from kpod.files import DataError
-from kpod.stages import BY_NAME, PRODUCERS
+from kpod.stages import BY_NAME, HOW_TO_RUN, PRODUCERS
 
 log = logging.getLogger("kpod")
 
-# where files and logs go, not what a stage computes
-NOT_INPUTS = {"output_dir", "report_to"}
+# where files and logs go and how to run, not what a stage computes (kpod.stages.HOW_TO_RUN)
+NOT_INPUTS = HOW_TO_RUN
 
 
 class StaleInputError(DataError):
@@ -129,42 +129,38 @@ def _defaults() -> KPODConfig:
     return KPODConfig()
 
 
-def new_record(reads: dict, inputs: dict, arguments: dict) -> dict:
-    """A stage's record: the settings it read with their values, its input digests, its arguments, and
-    every setting this kpod has, so that a setting added later cannot leave the record holding."""
-    return {"reads": reads, "inputs": inputs, "arguments": arguments, "settings": leaf_fields(KPODConfig)}
+def declared_uses(cfg: KPODConfig, stage: str) -> list[str]:
+    """The settings `stage` (evaluate/<split> too) computes from under this config, as the stage table declares."""
+    return sorted(set(BY_NAME[stage.split("/")[0]].uses(cfg.snapshot())) - NOT_INPUTS)
 
 
-def _newer_setting_in_use(cfg: KPODConfig, stage: str, record: dict) -> str | None:
-    """A setting the record's kpod did not have, now away from its default: the stage ran with the
-    default's behaviour, so it must run again (whether it reads the setting is not recorded, so a
-    record that lists its settings reruns for any such setting)."""
-    newer = [d for d in leaf_fields(KPODConfig) if d not in record.get("settings", ()) and d not in NOT_INPUTS]
-    for dotted in newer:
-        now, before = effective_value(cfg, dotted), effective_value(_defaults(), dotted)
-        if now != before:
-            return f"{dotted} is {now!r}, a setting newer than its run (which had the default, {before!r})"
-    return None
+def undeclared_reads(cfg: KPODConfig, stage: str, reads: set[str]) -> list[str]:
+    """Settings the stage read while it ran but does not declare: a stage table entry to correct."""
+    return sorted(reads - set(declared_uses(cfg, stage)) - NOT_INPUTS)
+
+
+def new_record(cfg: KPODConfig, stage: str, inputs: dict, arguments: dict) -> dict:
+    """A stage's record: the settings it declares with their values, its input digests, its arguments."""
+    uses = {d: effective_value(cfg, d) for d in declared_uses(cfg, stage)}
+    return {"uses": uses, "inputs": inputs, "arguments": arguments}
 
 
 def why_stale(cfg: KPODConfig, stage: str, manifest: dict, arguments: dict | None = None) -> str | None:
     """None when the stage's recorded run still holds for this config and these input files, else why not."""
     record = manifest.get(stage)
-    if record is None or "reads" not in record:
+    if record is None or "uses" not in record:
         return "it has not run in this folder"
     missing = [str(o) for o in outputs(cfg, stage) if not o.is_file()]
     if missing:
         return f"its output {missing[0]} is missing"
-    for dotted, value in record["reads"].items():
-        try:
-            now = effective_value(cfg, dotted)
-        except KeyError:
-            return f"{dotted} is no longer a setting"
-        if now != value:
-            return f"{dotted} changed ({value!r} -> {now!r})"
-    newer = _newer_setting_in_use(cfg, stage, record)
-    if newer:
-        return newer
+    uses = declared_uses(cfg, stage)
+    for dotted in uses:
+        if dotted in record["uses"] and record["uses"][dotted] != effective_value(cfg, dotted):
+            return f"{dotted} changed ({record['uses'][dotted]!r} -> {effective_value(cfg, dotted)!r})"
+    for dotted in uses:  # declared now, not then: a setting newer than the run, which ran with its default
+        now, default = effective_value(cfg, dotted), effective_value(_defaults(), dotted)
+        if dotted not in record["uses"] and now != default:
+            return f"{dotted} is {now!r}, a setting its run did not record (it ran with the default, {default!r})"
     if arguments is not None and record.get("arguments", {}) != arguments:
         return f"its arguments changed ({record.get('arguments')} -> {arguments})"
     now_inputs = current_inputs(cfg, stage, record.get("arguments", {}))

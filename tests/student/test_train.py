@@ -211,7 +211,7 @@ def test_truncation_is_counted(tmp_path, tiny_t5):
     summary = pipeline.train(cfg)
     assert summary["truncated_targets"] > 0
     # Std-CoT uses no token weights, so their settings are not its inputs (changing them reruns KPOD only)
-    reads = pipeline.read_manifest(cfg.run_dir)["train"]["reads"]
+    reads = pipeline.read_manifest(cfg.run_dir)["train"]["uses"]
     assert "student.max_target_tokens" in reads
     assert not {"train.weight_floor", "train.weight_norm", "weighting.overlap"} & reads.keys()
 

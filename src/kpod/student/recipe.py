@@ -262,7 +262,6 @@ def build_trainer(
             target_modules=student.target_modules,
         )
     seq2seq = is_seq2seq(model)
-    # read only when weights are used, so that changing them does not make a Std-CoT run stale
     weighting = (
         dict(weight_norm=cfg.train.weight_norm, weight_floor=cfg.train.weight_floor, overlap=cfg.weighting.overlap)
         if any(e.weights is not None for e in examples)
@@ -297,6 +296,6 @@ def build_trainer(
         data_collator=DistillCollator(tokenizer.pad_token_id, seq2seq),
         processing_class=tokenizer,
         callbacks=callbacks,
-        stages=cfg.schedule.stages,
+        stages=cfg.schedule.stages if any(e.input_steps is not None for e in examples) else None,
     )
     return trainer, dataset, dev

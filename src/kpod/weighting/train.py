@@ -249,7 +249,7 @@ def train_weighting(cfg: KPODConfig) -> dict:
         seed=cfg.seed,
         warmup_epochs=w.reasoner_warmup_epochs,
         freeze_reasoner=w.freeze_reasoner,
-        reasoner_lr=w.reasoner_learning_rate,
+        reasoner_lr=w.reasoner_learning_rate if w.reasoner_warmup_epochs or not w.freeze_reasoner else None,
         precision=cfg.student.dtype,
     )
     seconds = time.time() - start
@@ -257,7 +257,7 @@ def train_weighting(cfg: KPODConfig) -> dict:
     write_jsonl(paths.weights, rows)
     state = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith(("reasoner.", "weighter.embed."))}
     torch.save(
-        {"state_dict": state, "config": w.model_dump(mode="json"), "student": cfg.student.model}, paths.weighting_module
+        {"state_dict": state, "config": cfg.value_at("weighting"), "student": cfg.student.model}, paths.weighting_module
     )
     held_out_keys = [rationale_key(r) for r in usable if str(r["id"]) in held_out]
     write_json(paths.weights_heldout, {"questions": sorted(held_out), "keys": held_out_keys})
