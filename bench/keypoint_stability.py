@@ -26,11 +26,13 @@ from pathlib import Path
 
 from common import build_shaped_model, data_root  # bench/common.py: bench/ is on sys.path when a bench runs
 from scipy.stats import spearmanr
-from svamp_smollm2 import first_correct_rationales
 
 from kpod import pipeline
 from kpod.artifacts import RunPaths, read_json, read_jsonl
 from kpod.config import load_config
+from kpod.data import load_dataset_splits
+from kpod.files import write_jsonl
+from kpod.teacher.importers import first_correct_per_question, import_rationales
 
 
 def top_set(weights: list[float], fraction: float) -> set[int]:
@@ -58,6 +60,14 @@ def held_out_weights(run: Path) -> dict[str, list[float]]:
     paths = RunPaths(run)
     keys = set(read_json(paths.weights_heldout)["keys"])
     return {r["key"]: r["weights"] for r in read_jsonl(paths.weights) if r["key"] in keys and r["weights"]}
+
+
+def first_correct_rationales(root: Path, out: Path, questions: int) -> None:
+    """The teacher file: the first correct GPT-3.5 rationale (MCC-KD) of the first `questions` SVAMP training questions."""
+    records, _ = import_rationales(
+        root / "splits_mcc_kd/SVAMP/train.json", load_dataset_splits("svamp", root).train, "mcc_kd"
+    )
+    write_jsonl(out, first_correct_per_question(records, questions))
 
 
 def stdcot_epoch_seconds_per_1000(common: list[str], root: Path, out: Path, questions: int) -> float:

@@ -6,7 +6,7 @@ again through the completions API. Prints how many predictions and cleaned outpu
 wall time of each backend (server: requests only, the server already loaded), and writes them as JSON.
 
     pip install -e ".[serve]"
-    KPOD_DATA_DIR=../shared/data python bench/server_eval_agreement.py --run bench/out/svamp_study/kpod-s0 --questions 40
+    KPOD_DATA_DIR=../shared/data python bench/server_eval_agreement.py --run studies/out/svamp_study/kpod-s0 --questions 40
 
 Without --run: the pretrained SmolLM2-135M-Instruct on SVAMP.
 """

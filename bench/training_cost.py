@@ -59,7 +59,7 @@ def arm(name: str, model: str, n: int, work: Path, rationales: str | None = None
                     "dataset": "svamp",
                     "teacher.kind": "file",
                     "teacher.import_path": rationales,
-                    "weighting.max_rationale_tokens": 192,  # as bench/weight_faithfulness.py
+                    "weighting.max_rationale_tokens": 192,  # as studies/weight_faithfulness.py
                     "weighting.max_question_tokens": 96,
                 }
                 if rationales

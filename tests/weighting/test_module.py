@@ -282,7 +282,7 @@ def test_a_new_estimator_is_one_registered_function(tiny_llama, monkeypatch, tmp
 
 def test_a_saved_weighting_module_weighs_rationales_as_when_it_was_trained(finished_tiny_run):
     """weights/module.pt, loaded on its student, gives every rationale the weights the stage stored,
-    so it can weigh rationales it never saw (bench/faithfulness_unseen.py)."""
+    so it can weigh rationales it never saw (studies/faithfulness_unseen.py)."""
     from kpod.artifacts import RunPaths, rationale_key, read_rationales
     from kpod.files import read_jsonl
     from kpod.weighting.train import export_weights, load_weighting_module

@@ -56,6 +56,14 @@ def default_data_dir() -> Path | None:
     return Path(value) if value else None
 
 
+def required_data_dir() -> Path:
+    """KPOD_DATA_DIR, which must name a folder: where scripts that read local datasets (benches, studies) start."""
+    root = default_data_dir()
+    if root is None or not root.is_dir():
+        raise DataError(f"KPOD_DATA_DIR={root}: not a data folder; set it to a folder laid out as docs/formats.md says")
+    return root
+
+
 def _require(row: dict, keys: Iterable[str], where: str) -> None:
     missing = [k for k in keys if k not in row]
     if missing:

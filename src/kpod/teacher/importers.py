@@ -124,3 +124,13 @@ def import_rationales(
         raise DataError(f"{path}: none of its {len(entries)} rationales match a question of this split")
     counts = {"read": len(entries), "kept": len(records), "dropped": {"no question of this split": unmatched}}
     return records, counts
+
+
+def first_correct_per_question(records: list[dict], questions: int | None = None) -> list[dict]:
+    """Rows of a teacher file (teacher.kind=file) with the first correct rationale of each question, for
+    the first `questions` questions that have one: one rationale per question, as the studies train on."""
+    chosen: dict[str, dict] = {}
+    for r in records:
+        if r["correct"] and r["id"] not in chosen and (questions is None or len(chosen) < questions):
+            chosen[r["id"]] = {"id": r["id"], "rationale": r["raw"]}
+    return list(chosen.values())

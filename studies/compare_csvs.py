@@ -1,11 +1,11 @@
 """`kpod compare` over committed per-question CSVs, for runs whose folders are gone (earlier sessions).
 
-Each arm is NAME=DIR[,DIR...]: folders of `bench/svamp_study.py`'s CSVs (`<split>.csv` with id and
+Each arm is NAME=DIR[,DIR...]: folders of `studies/svamp_study.py`'s CSVs (`<split>.csv` with id and
 correct), the seed read from the folder name's `-s<seed>` ending. The same statistics as `kpod
 compare` (paired bootstrap CI, exact McNemar p per seed and pooled), from kpod's own code.
 
-    python bench/compare_csvs.py std-cot=bench/results/svamp_study/std-cot-s0 \
-        kpod=bench/results/svamp_study/kpod-s0 --split dev,test --json out.json
+    python studies/compare_csvs.py std-cot=studies/results/svamp_study/std-cot-s0 \
+        kpod=studies/results/svamp_study/kpod-s0 --split dev,test --json out.json
 """
 
 import argparse

@@ -6,7 +6,7 @@ each question), SmolLM2-135M-Instruct as student, reasoner and judge. The weight
 then deletes 20 % of each held-out rationale's tokens (top / bottom by w, random, digits first).
 Resumable: a seed whose faithfulness.json exists is only printed.
 
-    KPOD_DATA_DIR=../shared/data python bench/weight_faithfulness.py --seeds 0,1,2 [--set weighting.epochs=2 ...]
+    KPOD_DATA_DIR=../shared/data python studies/weight_faithfulness.py --seeds 0,1,2 [--set weighting.epochs=2 ...]
 """
 
 import argparse
@@ -14,12 +14,12 @@ import json
 import time
 from pathlib import Path
 
-from common import data_root  # bench/common.py: bench/ is on sys.path when a bench runs
-from svamp_smollm2 import first_correct_rationales  # bench/ is on sys.path when run as a script
+from svamp_smollm2 import first_correct_rationales  # studies/ is on sys.path when run as a script
 
 from kpod import pipeline
 from kpod.artifacts import RunPaths
 from kpod.config import load_config
+from kpod.data.datasets import required_data_dir
 from kpod.weighting.faithfulness import format_faithfulness, measure_faithfulness
 
 
@@ -28,14 +28,14 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=160)
     parser.add_argument("--heldout", type=int, default=100)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--out", default="bench/out/weight_faithfulness")
+    parser.add_argument("--out", default="studies/out/weight_faithfulness")
     parser.add_argument("--name", default="default", help="sub-folder for this setting")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument(
         "--fractions", default="", help="also delete these shares (e.g. 0.05,0.1): weights/faithfulness-<q>.json"
     )
     args = parser.parse_args()
-    root = data_root()
+    root = required_data_dir()
     teacher_file = Path(args.out) / f"gpt35_first_correct_{args.train + args.heldout}.jsonl"
     if not teacher_file.is_file():
         print(

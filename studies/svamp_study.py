@@ -14,10 +14,10 @@ Runs go in the order of `--plan` (arm:seed), most informative first; each is a r
 correctness goes to --csv-dir/<run>/<split>.csv (question id, correct, answer found, answer sentence) and, for KPOD
 runs, the faithfulness of its token weights to --csv-dir/<run>/faithfulness.json. Then:
 
-    kpod compare bench/out/svamp_study/* --split dev,test
-    kpod compare bench/out/svamp_study/* --split test-asdiv
+    kpod compare studies/out/svamp_study/* --split dev,test
+    kpod compare studies/out/svamp_study/* --split test-asdiv
 
-    KPOD_DATA_DIR=../shared/data python bench/svamp_study.py
+    KPOD_DATA_DIR=../shared/data python studies/svamp_study.py
 """
 
 import argparse
@@ -27,12 +27,12 @@ import shutil
 import time
 from pathlib import Path
 
-from common import data_root  # bench/common.py: bench/ is on sys.path when a bench runs
-from svamp_smollm2 import ARMS, STUDENT_SETTINGS, first_correct_rationales  # bench/ is on sys.path as a script
+from svamp_smollm2 import ARMS, STUDENT_SETTINGS, first_correct_rationales  # studies/ is on sys.path as a script
 
 from kpod import pipeline
 from kpod.artifacts import RunPaths
 from kpod.config import load_config
+from kpod.data.datasets import required_data_dir
 from kpod.files import read_jsonl
 from kpod.weighting.faithfulness import measure_faithfulness
 
@@ -66,15 +66,15 @@ def main() -> None:
     parser.add_argument(
         "--evaluations", default="test,dev,test-asdiv", help="which of test, dev (SVAMP), test-asdiv to run now"
     )
-    parser.add_argument("--out", default="bench/out/svamp_study")
-    parser.add_argument("--csv-dir", default="bench/results/svamp_study")
+    parser.add_argument("--out", default="studies/out/svamp_study")
+    parser.add_argument("--csv-dir", default="studies/results/svamp_study")
     parser.add_argument(
         "--upstream-from",
         help="a study folder whose kpod-s<seed> runs lend their stages before train to this study's KPOD arms "
         "(token weights do not depend on the training length); default: ablation arms borrow from --out",
     )
     args = parser.parse_args()
-    root = data_root()
+    root = required_data_dir()
     out, csv_dir = Path(args.out), Path(args.csv_dir)
     teacher_file = out / "gpt35_first_correct.jsonl"
     if not teacher_file.is_file():

@@ -11,7 +11,7 @@ deletions without a budget that bound what removing information can do: every di
 and the whole rationale (the judge then answers from the question alone). A ranking can only beat
 those by deleting so that the rest misleads (e.g. part of a number), not by finding keypoints.
 
-    KPOD_DATA_DIR=../shared/data python bench/faithfulness_ceiling.py bench/out/weight_faithfulness/default-1epoch/seed0
+    KPOD_DATA_DIR=../shared/data python studies/faithfulness_ceiling.py studies/out/weight_faithfulness/default-1epoch/seed0
 """
 
 import argparse

@@ -8,9 +8,9 @@ of each deletion with its standard error and the top/heuristic and top/random ra
 standard errors (1000 resamples of rationales). The judge's scores of texts that do not depend on the
 weights (intact, random, heuristic) are cached and shared between runs.
 
-    KPOD_DATA_DIR=../shared/data python bench/faithfulness_unseen.py bench/out/svamp_study_e6/kpod-s{0,1,2} \
-        --questions 200 --fractions 0.05,0.1 --json bench/results/faithfulness_unseen.json
-    KPOD_DATA_DIR=../shared/data python bench/faithfulness_unseen.py RUN --smoke     # 4 rationales, 1 draw
+    KPOD_DATA_DIR=../shared/data python studies/faithfulness_unseen.py studies/out/svamp_study_e6/kpod-s{0,1,2} \
+        --questions 200 --fractions 0.05,0.1 --json studies/results/faithfulness_unseen.json
+    KPOD_DATA_DIR=../shared/data python studies/faithfulness_unseen.py RUN --smoke     # 4 rationales, 1 draw
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import argparse
 import json
 from pathlib import Path
 
-from common import data_root  # bench/common.py: bench/ is on sys.path when a bench runs
-
 from kpod.artifacts import RunPaths, rationale_key, read_rationales
 from kpod.config import load_config
 from kpod.data import load_dataset_splits
+from kpod.data.datasets import required_data_dir
 from kpod.teacher.importers import import_rationales, reference_rationales
 from kpod.weighting.data import WeightingItem
 from kpod.weighting.faithfulness import Judge, deletion_test, ratio_se
@@ -59,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.questions, args.fractions, args.draws = 4, "0.1", 1
-    root = data_root()
+    root = required_data_dir()
     cache_file = Path(args.cache or (Path(args.json).with_suffix(".judge_cache.json") if args.json else "/nonexistent"))
     cache = {tuple(k): v for k, v in json.loads(cache_file.read_text())} if cache_file.is_file() else {}
     results = {}

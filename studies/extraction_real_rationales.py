@@ -1,6 +1,6 @@
 """Answer extraction on real teacher rationales: the share that yields the gold answer.
 
-    KPOD_DATA_DIR=../shared/data python bench/extraction_real_rationales.py [--show-misses N]
+    KPOD_DATA_DIR=../shared/data python studies/extraction_real_rationales.py [--show-misses N]
 
 GPT-3.5-Turbo rationales of MCC-KD (SVAMP train, 10 per question) and PaLM-540B rationales of
 Distilling step-by-step (SVAMP and CommonsenseQA, train and test), matched to our question records.
@@ -8,9 +8,8 @@ Distilling step-by-step (SVAMP and CommonsenseQA, train and test), matched to ou
 
 import argparse
 
-from common import data_root  # bench/common.py: bench/ is on sys.path when a bench runs
-
 from kpod.data import load_dataset_splits
+from kpod.data.datasets import required_data_dir
 from kpod.teacher.importers import import_rationales
 
 
@@ -18,7 +17,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--show-misses", type=int, default=0)
     args = parser.parse_args()
-    root = data_root()
+    root = required_data_dir()
     svamp = load_dataset_splits("svamp", root, "official").test  # all 1000 SVAMP questions
     csqa = load_dataset_splits("commonsenseqa", root, "official")
     sources = [

@@ -1,7 +1,7 @@
 """The keypoint diagnostic (kpod.weighting.diagnostic) across gradient estimators and seeds, in one
 command, so that the table in docs/results.md can be reproduced:
 
-    KPOD_DATA_DIR=../shared/data python bench/keypoint_diagnostic.py [--seeds 0 1 2] [--n 600] [--ablations]
+    KPOD_DATA_DIR=../shared/data python studies/keypoint_diagnostic.py [--seeds 0 1 2] [--n 600] [--ablations]
 
 Rows: the shipped default (score-function estimator, deleted tokens, reasoner frozen after its
 warm-up) for every seed; for the first seed also the paper's setting (straight-through, v_mask,
@@ -15,8 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from common import data_root  # bench/common.py: bench/ is on sys.path when a bench runs
-
+from kpod.data.datasets import required_data_dir
 from kpod.weighting.diagnostic import run_keypoint_diagnostic
 
 # each of our deviations, reverted to the paper's choice (straight-through needs the paper's v_mask)
@@ -37,9 +36,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=600)
     parser.add_argument("--alpha", type=float, default=None, help="default: the weighting config's")
     parser.add_argument("--ablations", action="store_true", help="revert each deviation alone, every seed")
-    parser.add_argument("--out", type=Path, default=Path("bench/out/keypoint_diagnostic.jsonl"))
+    parser.add_argument("--out", type=Path, default=Path("studies/out/keypoint_diagnostic.jsonl"))
     args = parser.parse_args()
-    tokenizer = data_root() / "tokenizers" / "llama"
+    tokenizer = required_data_dir() / "tokenizers" / "llama"
     extra = {} if args.alpha is None else {"alpha": args.alpha}
     if args.ablations:  # seed by seed, so that an interrupted run leaves whole seeds
         rows = [("default", {}), *REVERSIONS.items(), ("paper", PAPER)]

@@ -1,9 +1,9 @@
 """How a run's token weights treat numbers and operators on real rationales: mean w of tokens that
 contain a digit or one of + - * / = against the other tokens, and the ROC AUC of that ranking.
 
-    python bench/weight_stats.py RUN_DIR [RUN_DIR ...]
+    python studies/weight_stats.py RUN_DIR [RUN_DIR ...]
 
-(RUN_DIR holds weights/weights.jsonl, e.g. bench/out/svamp_smollm2/q160-e3-s0/kpod.)
+(RUN_DIR holds weights/weights.jsonl, e.g. studies/out/svamp_smollm2/q160-e3-s0/kpod.)
 """
 
 import argparse

@@ -1,18 +1,18 @@
 """The Std-CoT - KPOD gap against training length, from the SVAMP study's committed CSVs.
 
 Each length is EPOCHS=RESULTS_DIR: a folder with `std-cot-s<seed>/` and `kpod-s<seed>/` CSV folders
-(`bench/svamp_study.py --csv-dir`); the seeds both arms have there are paired. Per length: the
+(`studies/svamp_study.py --csv-dir`); the seeds both arms have there are paired. Per length: the
 difference with its paired bootstrap 95 % CI and pooled McNemar p, from kpod compare's own code.
 Prints a Markdown table and writes the figure (gap with CI against epochs) as a PNG.
 
-    python bench/gap_by_epochs.py 2=bench/results/svamp_study 6=bench/results/svamp_study_e6 \
-        --png docs/figures/gap_by_epochs.png
+    python studies/gap_by_epochs.py 2=studies/results/svamp_study 6=studies/results/svamp_study_e6 \
+        --png studies/figures/gap_by_epochs.png
 """
 
 import argparse
 from pathlib import Path
 
-from compare_csvs import csv_run  # bench/ is on sys.path as a script
+from compare_csvs import csv_run  # studies/ is on sys.path as a script
 
 from kpod.evaluation.compare import compare_runs
 

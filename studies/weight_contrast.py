@@ -6,7 +6,7 @@ as `train.weight_floor` does), then per rationale the max, min and 90th/10th per
 (medians over rationales), the share of tokens whose weight is below 0.2, and the tokens most often
 below 0.2. A weighted loss whose weights are all near 1 is close to the uniform one.
 
-    python bench/weight_contrast.py bench/out/svamp_study/kpod-s0 bench/out/svamp_study/kpod-s1 [--floor 0.5]
+    python studies/weight_contrast.py studies/out/svamp_study/kpod-s0 studies/out/svamp_study/kpod-s1 [--floor 0.5]
 """
 
 import argparse

@@ -12,7 +12,7 @@ test questions. Every arm uses the same questions, epochs, learning rate, LoRA a
 
 Resumable: each arm is a run folder under --out, and finished stages are skipped on a re-run.
 
-    KPOD_DATA_DIR=../shared/data python bench/svamp_smollm2.py --questions 160 --epochs 3
+    KPOD_DATA_DIR=../shared/data python studies/svamp_smollm2.py --questions 160 --epochs 3
 """
 
 import argparse
@@ -20,15 +20,14 @@ import json
 import time
 from pathlib import Path
 
-from common import data_root  # bench/common.py: bench/ is on sys.path when a bench runs
-
 from kpod import pipeline
 from kpod.artifacts import RunPaths, write_jsonl
 from kpod.config import load_config
 from kpod.data import load_dataset_splits
-from kpod.teacher.importers import import_rationales
+from kpod.data.datasets import required_data_dir
+from kpod.teacher.importers import first_correct_per_question, import_rationales
 
-# the student, LoRA and batch settings every SVAMP bench shares
+# the student, LoRA and batch settings every SVAMP study shares
 STUDENT_SETTINGS = [
     "train.eval_every=0",
     "train.batch_size=4",
@@ -56,12 +55,9 @@ def first_correct_rationales(root: Path, out: Path, questions: int | None = None
     """The first correct GPT-3.5 rationale of each SVAMP training question (of the first `questions` that have one)."""
     train = load_dataset_splits("svamp", root).train
     records, _ = import_rationales(root / "splits_mcc_kd/SVAMP/train.json", train, "mcc_kd")
-    chosen = {}
-    for r in records:
-        if r["correct"] and r["id"] not in chosen and (questions is None or len(chosen) < questions):
-            chosen[r["id"]] = {"id": r["id"], "rationale": r["raw"]}
-    write_jsonl(out, chosen.values())
-    return len(chosen)
+    rows = first_correct_per_question(records, questions)
+    write_jsonl(out, rows)
+    return len(rows)
 
 
 def main() -> None:
@@ -71,10 +67,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arms", default="base,std-cot,kpod")
-    parser.add_argument("--out", default="bench/out/svamp_smollm2")
+    parser.add_argument("--out", default="studies/out/svamp_smollm2")
     parser.add_argument("--max-new-tokens", type=int, default=160)
     args = parser.parse_args()
-    root = data_root()
+    root = required_data_dir()
     out = Path(args.out) / f"q{args.questions}-e{args.epochs}-s{args.seed}"
     teacher_file = Path(args.out) / "gpt35_first_correct.jsonl"
     if not teacher_file.is_file():
