@@ -21,7 +21,7 @@ def main() -> None:
     _ = [budget_curve(t, total, 0.3 * total, 50, 0.5) for t in range(100)]
     baseline = time.perf_counter() - start
     start = time.perf_counter()
-    schedule = build_schedule(difficulties, clusters, epochs=100)
+    schedule = build_schedule(difficulties, clusters, phases=100)
     seconds = time.perf_counter() - start
     print(
         f"10,000 questions, {sum(map(len, difficulties))} steps, 100 epochs: schedule in {seconds:.2f} s "

@@ -86,7 +86,7 @@ def main() -> None:
         "teacher.kind=file",
         f"teacher.import_path={teacher_file}",
         f"train.epochs={args.epochs}",
-        f"schedule.stages={args.stages}",
+        f"schedule.phases={args.stages}",
         f"train.learning_rate={args.lr}",
         *STUDENT_SETTINGS,
         f"eval.max_new_tokens={args.max_new_tokens}",

@@ -55,13 +55,13 @@ def test_schedule_file_round_trips_and_refuses_malformed_ones(tmp_path):
     from kpod.files import DataError
 
     path = tmp_path / "schedule.json"
-    written = ScheduleFile(epochs=6, stages=8, input_steps={"q1#0": [3, 2, 1, 1, 0, 0, 0, 0]}, kind="linear")
+    written = ScheduleFile(epochs=6, phases=8, input_steps={"q1#0": [3, 2, 1, 1, 0, 0, 0, 0]}, kind="linear")
     write_schedule(path, written)
     assert read_schedule(path) == written
     path.write_text(json.dumps({"epochs": 2, "input_steps": {"q1#0": [1, 0]}, "c0": 3.0}))  # no stages: refused
-    with pytest.raises(DataError, match="stages"):
+    with pytest.raises(DataError, match="phases"):
         read_schedule(path)
-    path.write_text(json.dumps({"epochs": 2, "stages": 3, "input_steps": {"q1#0": [1, 0]}}))
+    path.write_text(json.dumps({"epochs": 2, "phases": 3, "input_steps": {"q1#0": [1, 0]}}))
     with pytest.raises(DataError, match="3 step counts"):
         read_schedule(path)
     with pytest.raises(DataError, match="schedule not found"):

@@ -104,3 +104,13 @@ def test_numbers_and_trainer_args_that_are_right_still_load():
         ]
     )
     assert c.train.learning_rate == 1.0 and c.data.max_train_questions == 8 and c.train.uniform_weights is True
+
+
+def test_the_curriculum_phases_are_also_read_under_their_earlier_name(tmp_path):
+    """schedule.phases was schedule.stages: a YAML or --set with the old key still means the same."""
+    old = tmp_path / "old.yaml"
+    old.write_text("schedule:\n  stages: 8\n")
+    assert load_config(old).schedule.phases == 8
+    assert load_config(overrides=["schedule.stages=6"]).schedule.phases == 6
+    assert load_config(overrides=["schedule.phases=4"]).curriculum_phases() == 4
+    assert "stages" not in load_config(old).snapshot()["schedule"]

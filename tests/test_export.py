@@ -72,9 +72,9 @@ def test_token_weights_export_as_a_dataset(trained_run, tmp_path):
     for row in rows:
         assert row["weights"] == pytest.approx(by_key[row["key"]]["weights"])
         assert [row["rationale"][a:b] for a, b in row["offsets"]] == row["tokens"]
-        assert row["stage0_target"].endswith(f"the answer is {row['answer']}.")
+        assert row["phase0_target"].endswith(f"the answer is {row['answer']}.")
     schedule = json.loads((trained_run / "schedule/schedule.json").read_text())["input_steps"]
-    assert [r["stage0_input_steps"] for r in rows] == [schedule[r["key"]][0] for r in rows]
+    assert [r["phase0_input_steps"] for r in rows] == [schedule[r["key"]][0] for r in rows]
 
 
 def test_export_needs_a_trained_student(tmp_path, capsys):

@@ -200,14 +200,14 @@ def read_difficulties(path: Path) -> dict[str, list[float]]:
 
 @dataclass
 class ScheduleFile:
-    """schedule/schedule.json: c_i(t) per rationale key and stage, and how it was made."""
+    """schedule/schedule.json: c_i(t) per rationale key and curriculum phase, and how it was made."""
 
     epochs: int
-    stages: int
+    phases: int
     input_steps: dict[str, list[int]]
     kind: str = "kpod"
-    stage_unit: str = "epoch"  # a stage lasts an epoch, or an equal share of the run's optimizer steps
-    peak_stage: float | None = None
+    phase_unit: str = "epoch"  # a phase lasts an epoch, or an equal share of the run's optimizer steps
+    peak_phase: float | None = None
     total_difficulty: float | None = None
     c0: float | None = None
     table: list[dict] = field(default_factory=list)
@@ -218,18 +218,18 @@ def write_schedule(path: Path, schedule: ScheduleFile) -> None:
 
 
 def read_schedule(path: Path) -> ScheduleFile:
-    """The schedule file, checked: a step count per curriculum stage for every rationale."""
+    """The schedule file, checked: a step count per curriculum phase for every rationale."""
     if not Path(path).is_file():
         raise DataError(f"{path}: schedule not found (run `kpod calculate_difficulties` and `kpod cluster`)")
-    data = read_json(path, "delete it and rerun `kpod cluster`", ("epochs", "stages", "input_steps"))
+    data = read_json(path, "delete it and rerun `kpod cluster`", ("epochs", "phases", "input_steps"))
     known = {f for f in ScheduleFile.__dataclass_fields__}
     steps = data["input_steps"]
     if not isinstance(steps, dict) or any(
-        not isinstance(v, list) or len(v) != data["stages"] or not all(isinstance(c, int) and c >= 0 for c in v)
+        not isinstance(v, list) or len(v) != data["phases"] or not all(isinstance(c, int) and c >= 0 for c in v)
         for v in steps.values()
     ):
         raise DataError(
-            f"{path}: input_steps must map each rationale key to {data['stages']} step counts (one per stage); "
+            f"{path}: input_steps must map each rationale key to {data['phases']} step counts (one per phase); "
             "delete it and rerun `kpod cluster`"
         )
     return ScheduleFile(**{k: v for k, v in data.items() if k in known})

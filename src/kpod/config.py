@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kpod.data.datasets import canonical_dataset
 
@@ -310,9 +310,9 @@ class ClusterConfig(_Section):
 class ScheduleConfig(_Section):
     kind: str = Field(
         "kpod",
-        description="How steps move from input to output over the stages: kpod (the paper: by difficulty and "
-        "diversity under the budget curve), linear (the same share of every item's steps each stage, a control "
-        "that ignores difficulty and diversity), none (the whole rationale from the first stage). The names are "
+        description="How steps move from input to output over the curriculum phases: kpod (the paper: by difficulty and "
+        "diversity under the budget curve), linear (the same share of every item's steps each phase, a control "
+        "that ignores difficulty and diversity), none (the whole rationale from the first phase). The names are "
         "the keys of kpod.curriculum.schedule.SCHEDULES, checked before any stage runs.",
     )
     progressive: bool = Field(
@@ -320,7 +320,7 @@ class ScheduleConfig(_Section):
         description="Use the in-rationale progressive schedule; False: full rationale from the first epoch (ablation).",
     )
     p: float = Field(0.5, ge=0, description="Budget curve exponent: D(t) = C0 + (B - C0) (t/T)^(p+1).")
-    c0_ratio: float = Field(0.3, ge=0, le=1, description="C0 = c0_ratio * B, the stage-0 budget.")
+    c0_ratio: float = Field(0.3, ge=0, le=1, description="C0 = c0_ratio * B, the budget of the first phase.")
     beta: float = Field(
         12.0, ge=0, description="Weight of the diversity term sum_k sqrt(|C_k ∩ S|); 0: no diversity (ablation)."
     )
@@ -328,12 +328,13 @@ class ScheduleConfig(_Section):
         0.5,
         gt=0,
         le=1,
-        description="T = peak_fraction * stages: the stage at which the whole rationale is output (paper: half).",
+        description="T = peak_fraction * phases: the phase from which the whole rationale is output (paper: half).",
     )
-    stages: int | None = Field(
+    phases: int | None = Field(
         None,
         ge=1,
-        description="Number of curriculum stages over the whole run; a stage lasts an equal share of the optimizer steps (ours). None: one stage per epoch, as the paper (a 3-epoch run then has little curriculum).",
+        validation_alias=AliasChoices("phases", "stages"),
+        description="Number of curriculum phases over the whole run; a phase lasts an equal share of the optimizer steps (ours). None: one phase per epoch, as the paper (a 3-epoch run then has little curriculum). Also read under its earlier name, schedule.stages.",
     )
 
 
@@ -389,7 +390,11 @@ TRAINER_ARGS_DEFAULTS = {"logging_steps": 10, "save_total_limit": 2}
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(100, ge=1, description="Training epochs = KPOD stages.")
+    epochs: int = Field(
+        100,
+        ge=1,
+        description="Training epochs (also the number of curriculum phases when schedule.phases is not set, as the paper).",
+    )
     learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate (Adam).")
     batch_size: int = Field(4, ge=1, description="Per-device batch size.")
     gradient_accumulation_steps: int = Field(
@@ -539,9 +544,9 @@ class KPODConfig(_Section):
     def snapshot(self) -> dict:
         return BaseModel.model_dump(self, mode="json")
 
-    def curriculum_stages(self) -> int:
-        """Stages of the curriculum: schedule.stages, else one per epoch (the paper)."""
-        return self.schedule.stages or self.train.epochs
+    def curriculum_phases(self) -> int:
+        """Phases of the curriculum: schedule.phases, else one per epoch (the paper)."""
+        return self.schedule.phases or self.train.epochs
 
     def value_at(self, dotted: str):
         """The JSON value of a dotted field (weighting.alpha), read without being recorded."""

@@ -137,7 +137,7 @@ def model_card(paths: RunPaths, config: dict, info: dict, kind: str) -> str:
             {
                 "token weighting": f"alpha={weighting.get('alpha')}, estimator={weighting.get('estimator')}",
                 "schedule": f"progressive={schedule.get('progressive')}, p={schedule.get('p')}, "
-                f"c0_ratio={schedule.get('c0_ratio')}, beta={schedule.get('beta')}, stages={schedule.get('stages')}",
+                f"c0_ratio={schedule.get('c0_ratio')}, beta={schedule.get('beta')}, phases={schedule.get('phases')}",
             }
         )
     teacher = _optional_json(paths.rationales_summary("train"))
@@ -207,7 +207,7 @@ def _optional_json(path: Path) -> dict | None:
 
 def export_weights(run_dir: str | Path, out: str | Path) -> dict:
     """The run's token weights as a dataset: per rationale its question, rationale, answer, the student
-    tokenizer's tokens with character offsets into the rationale and their weights, and the stage-0
+    tokenizer's tokens with character offsets into the rationale and their weights, and the phase-0
     split of the schedule (input steps and the source/target texts the student trains on first)."""
     import datasets
 
@@ -239,9 +239,9 @@ def export_weights(run_dir: str | Path, out: str | Path) -> dict:
                 "tokens": [rationale[a:b] for a, b in w.offsets],
                 "offsets": [list(o) for o in w.offsets],
                 "weights": list(w.weights),
-                "stage0_input_steps": steps0,
-                "stage0_source": source,
-                "stage0_target": target,
+                "phase0_input_steps": steps0,
+                "phase0_source": source,
+                "phase0_target": target,
             }
         )
     if not rows:

@@ -1,6 +1,6 @@
 """The student's (source, target) token layout, shared by training and the difficulty stage.
 
-At stage t, example i gives steps 1..c_i(t) in the source and steps c_i(t)+1..n_i plus the answer
+In curriculum phase t, example i gives steps 1..c_i(t) in the source and steps c_i(t)+1..n_i plus the answer
 sentence as the target (method doc section 7). Seq2seq models get them as encoder input and labels;
 causal models get source + target in one sequence with the source masked out of the labels.
 """
@@ -23,7 +23,7 @@ class DistillExample:
     answer: str
     steps: list[str]
     weights: TokenWeights | None = None
-    input_steps: list[int] | None = None  # c_i(t) per stage; None: no steps in the input
+    input_steps: list[int] | None = None  # c_i(t) per phase; None: no steps in the input
 
     @property
     def rationale(self) -> str:

@@ -1,7 +1,7 @@
 """`kpod report <run folder>`: one self-contained HTML page and a Markdown twin.
 
 Config, data counts, rationales coloured by token weight, the budget curve D(t) with the achieved
-difficulty, per-stage cluster balance, training and dev curves, the final accuracy next to the
+difficulty, per-phase cluster balance, training and dev curves, the final accuracy next to the
 paper's Table 1 figure, and the predictions with the wrong ones first.
 """
 
@@ -64,11 +64,11 @@ def _figure(draw, panels: int = 1) -> bytes:
 
 def _budget_plot(schedule: dict):
     def draw(ax):
-        stages = [r["stage"] + 1 for r in schedule["table"]]
-        ax.plot(stages, [r["budget"] for r in schedule["table"]], "o-", label="budget D(t)")
-        ax.plot(stages, [r["achieved"] for r in schedule["table"]], "s--", label="achieved H(t)")
-        ax.set_xlabel(f"curriculum phase (one {schedule.get('stage_unit', 'epoch')} each)")
-        ax.set_xticks(stages)
+        phases = [r["phase"] + 1 for r in schedule["table"]]
+        ax.plot(phases, [r["budget"] for r in schedule["table"]], "o-", label="budget D(t)")
+        ax.plot(phases, [r["achieved"] for r in schedule["table"]], "s--", label="achieved H(t)")
+        ax.set_xlabel(f"curriculum phase (one {schedule.get('phase_unit', 'epoch')} each)")
+        ax.set_xticks(phases)
         ax.set_ylabel("output difficulty")
         ax.legend()
         ax.set_title("Difficulty the student writes: budget and achieved")
@@ -78,17 +78,17 @@ def _budget_plot(schedule: dict):
 
 def _cluster_plot(schedule: dict):
     def draw(ax):
-        stages = [r["stage"] + 1 for r in schedule["table"]]
-        bottom = [0] * len(stages)
+        phases = [r["phase"] + 1 for r in schedule["table"]]
+        bottom = [0] * len(phases)
         for k in sorted(schedule["table"][0]["per_cluster"], key=int):
             values = [r["per_cluster"][k] for r in schedule["table"]]
-            ax.bar(stages, values, bottom=bottom, label=f"cluster {k}")
+            ax.bar(phases, values, bottom=bottom, label=f"cluster {k}")
             bottom = [b + v for b, v in zip(bottom, values)]
-        ax.set_xlabel(f"curriculum phase (one {schedule.get('stage_unit', 'epoch')} each)")
+        ax.set_xlabel(f"curriculum phase (one {schedule.get('phase_unit', 'epoch')} each)")
         ax.set_ylabel("steps moved to the output")
         ax.legend(fontsize=7)
         ax.set_title("Steps each phase moves to the output, by question cluster")
-        ax.set_xticks(stages)
+        ax.set_xticks(phases)
 
     return draw
 
@@ -97,14 +97,14 @@ def _phase_plot(schedule: dict, steps_per_rationale: dict[str, int]):
     """Per curriculum phase: rationale steps given to the student in its input, and steps it writes."""
 
     def draw(ax):
-        phases = range(schedule["stages"])
+        phases = range(schedule["phases"])
         given = [sum(c[t] for c in schedule["input_steps"].values()) for t in phases]
         total = sum(steps_per_rationale.get(key, 0) for key in schedule["input_steps"])
         written = [total - g for g in given]
         labels = [str(t + 1) for t in phases]
         ax.bar(labels, written, color="tab:red", label="steps the student writes (output)")
         ax.bar(labels, given, bottom=written, color="tab:gray", alpha=0.5, label="steps given in its input")
-        ax.set_xlabel(f"curriculum phase (one {schedule.get('stage_unit', 'epoch')} each)")
+        ax.set_xlabel(f"curriculum phase (one {schedule.get('phase_unit', 'epoch')} each)")
         ax.set_ylabel("rationale steps, all rationales")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.set_title("What each phase asks of the student (last steps first)")
@@ -348,7 +348,7 @@ def _schedule_section(report: Report, paths: RunPaths) -> None:
         return
     schedule = asdict(read_schedule(paths.schedule))
     if not schedule["table"]:
-        report.section("Progressive schedule", f"<p>{paths.schedule} has no stages</p>", "the schedule has no stages")
+        report.section("Progressive schedule", f"<p>{paths.schedule} has no phases</p>", "the schedule has no phases")
         return
     steps = (
         {key: len(d) for key, d in read_difficulties(paths.difficulties).items()}

@@ -131,7 +131,7 @@ def _defaults() -> KPODConfig:
 
 def declared_uses(cfg: KPODConfig, stage: str) -> list[str]:
     """The settings `stage` (evaluate/<split> too) computes from under this config, as the stage table declares."""
-    return sorted(set(BY_NAME[stage.split("/")[0]].uses(cfg.snapshot())) - NOT_INPUTS)
+    return sorted(set(BY_NAME[stage.split("/")[0]].uses(RunPaths(cfg.run_dir), cfg.snapshot())) - NOT_INPUTS)
 
 
 def undeclared_reads(cfg: KPODConfig, stage: str, reads: set[str]) -> list[str]:

@@ -19,7 +19,7 @@ from kpod.artifacts import RunPaths
 @dataclass(frozen=True)
 class Stage:
     name: str
-    uses: Callable[[dict], list[str]]  # the settings it computes from, given the config snapshot
+    uses: Callable[[RunPaths, dict], list[str]]  # the settings it computes from, given the run folder and config
     reads: Callable[[RunPaths, dict], list[Path]]  # run-folder inputs, given the config snapshot
     writes: Callable[[RunPaths], list[Path]]  # the files that say it has run
     folder: str | None = None  # the run-folder folder whose files it writes, when later stages read them
@@ -62,7 +62,7 @@ _LORA = ["student.lora_r", "student.lora_alpha", "student.lora_dropout", "studen
 _STUDENT_LENGTHS = ["student.max_input_tokens", "student.max_target_tokens"]
 
 
-def _generate_uses(c: dict) -> list[str]:
+def _generate_uses(p: RunPaths, c: dict) -> list[str]:
     by_kind = {
         "openai": [
             f"teacher.{n}"
@@ -81,7 +81,7 @@ def _generate_uses(c: dict) -> list[str]:
     return ["seed", *_DATA, "data.max_train_questions", "teacher.kind", *by_kind.get(c["teacher"]["kind"], [])]
 
 
-def _weighting_uses(c: dict) -> list[str]:
+def _weighting_uses(p: RunPaths, c: dict) -> list[str]:
     w = c["weighting"]
     model = [f"weighting.{n}" for n in w if n not in ("overlap", "quality_rationales", "reasoner_learning_rate")]
     reasoner_trains = w["reasoner_warmup_epochs"] > 0 or not w["freeze_reasoner"]
@@ -93,7 +93,7 @@ def _weighting_uses(c: dict) -> list[str]:
     )
 
 
-def _difficulty_uses(c: dict) -> list[str]:
+def _difficulty_uses(p: RunPaths, c: dict) -> list[str]:
     weights = ["weighting.overlap"] if c["difficulty"]["use_weights"] else []
     return [
         "seed",
@@ -106,11 +106,11 @@ def _difficulty_uses(c: dict) -> list[str]:
     ]
 
 
-def _cluster_uses(c: dict) -> list[str]:
+def _cluster_uses(p: RunPaths, c: dict) -> list[str]:
     embedding = c["cluster"]["embedding"]
     source = {"student": ["student.model"], "glove": ["cluster.embedding_path"], "sentence": ["cluster.embedding_path"]}
     # every schedule parameter, whichever ones the chosen kind reads (the kinds' table is a stage's own)
-    schedule = [f"schedule.{n}" for n in ("kind", "p", "c0_ratio", "beta", "peak_fraction", "stages")]
+    schedule = [f"schedule.{n}" for n in ("kind", "p", "c0_ratio", "beta", "peak_fraction", "phases")]
     return [
         "seed",
         "cluster.k",
@@ -122,7 +122,7 @@ def _cluster_uses(c: dict) -> list[str]:
     ]
 
 
-def _train_uses(c: dict) -> list[str]:
+def _train_uses(p: RunPaths, c: dict) -> list[str]:
     t = c["train"]
     uses = ["seed", "method", *_DATA, "data.max_train_questions", "student.model", "student.lora", "student.dtype"]
     uses += _STUDENT_LENGTHS + (_LORA if c["student"]["lora"] else [])
@@ -137,13 +137,15 @@ def _train_uses(c: dict) -> list[str]:
         if not t["uniform_weights"]:
             uses += ["train.weight_norm", "train.weight_floor", "weighting.overlap"]
         if c["schedule"]["progressive"]:
-            uses += ["schedule.stages"]
+            uses += ["schedule.phases"]
     return uses
 
 
-def _evaluate_uses(c: dict) -> list[str]:
+def _evaluate_uses(p: RunPaths, c: dict) -> list[str]:
     e = c["eval"]
     uses = ["seed", *_DATA, "data.max_eval_questions", "student.dtype", "eval.backend", "eval.max_new_tokens"]
+    if not (p.student / "kpod_student.json").is_file():  # no trained student here: the base model is evaluated
+        uses += ["student.model"]
     uses += ["eval.rationale_loss"] + (["eval.reference_rationales"] if e["rationale_loss"] else [])
     uses += ["eval.server_url", "eval.server_model"] if e["backend"] == "server" else ["eval.batch_size"]
     return uses

@@ -79,12 +79,12 @@ def test_schedule_properties(epochs):
         assert row["achieved"] <= row["budget"] + 1e-6
 
 
-def test_stage_zero_fills_c0_and_moves_last_steps_first():
+def test_phase_zero_fills_c0_and_moves_last_steps_first():
     diffs = [[1.0, 1.0, 1.0]] * 10
     s = build_schedule(diffs, [0] * 10, 10, c0_ratio=0.3, beta=0.0)
     assert s.table[0]["achieved"] == pytest.approx(9.0)  # C0 = 0.3 * 30
     assert sum(3 - row[0] for row in s.input_steps) == 9
-    # after stage 0, each stage moves at most one step per question
+    # after phase 0, each phase moves at most one step per question
     for row in s.input_steps:
         assert all(a - b <= 1 for a, b in zip(row[1:], row[2:]))
 
@@ -106,15 +106,15 @@ def test_deterministic():
     assert a.input_steps == b.input_steps and a.table == b.table
 
 
-def _inputs(stages=8, **kw):
+def _inputs(phases=8, **kw):
     from kpod.curriculum.schedule import ScheduleInputs
 
     rng = random.Random(0)
     difficulties = [[rng.uniform(0.1, 3) for _ in range(rng.randint(1, 7))] for _ in range(40)]
-    return ScheduleInputs(difficulties, [i % 5 for i in range(40)], stages=stages, **kw)
+    return ScheduleInputs(difficulties, [i % 5 for i in range(40)], phases=phases, **kw)
 
 
-def test_linear_schedule_moves_the_same_share_of_every_item_each_stage_ignoring_difficulty():
+def test_linear_schedule_moves_the_same_share_of_every_item_each_phase_ignoring_difficulty():
     from kpod.curriculum.schedule import SCHEDULES
 
     x = _inputs()
@@ -127,15 +127,15 @@ def test_linear_schedule_moves_the_same_share_of_every_item_each_stage_ignoring_
     reversed_difficulty.difficulties = [list(reversed(d)) for d in x.difficulties]
     assert SCHEDULES["linear"](reversed_difficulty).input_steps == linear.input_steps  # difficulty plays no part
     kpod = SCHEDULES["kpod"](x)
-    assert kpod.input_steps == build_schedule(x.difficulties, x.groups, epochs=8).input_steps
+    assert kpod.input_steps == build_schedule(x.difficulties, x.groups, phases=8).input_steps
     assert [row["full_rationale_items"] for row in linear.table][4:] == [40] * 4
     assert [all(c[t] == 0 for c in kpod.input_steps) for t in range(4, 8)] == [True] * 4  # same peak as kpod's
 
 
-def test_none_schedule_gives_the_whole_rationale_at_every_stage():
+def test_none_schedule_gives_the_whole_rationale_in_every_phase():
     from kpod.curriculum.schedule import SCHEDULES
 
-    none = SCHEDULES["none"](_inputs(stages=3))
+    none = SCHEDULES["none"](_inputs(phases=3))
     assert all(c == [0, 0, 0] for c in none.input_steps)
     assert none.table[0]["achieved"] == none.total
 
@@ -154,7 +154,7 @@ def test_a_new_schedule_kind_is_one_registered_function(tmp_path, tiny_llama, mo
         module.SCHEDULES,
         "answer-first",
         lambda x: module.schedule_from_steps(
-            [[len(d)] * (x.stages - 1) + [0] for d in x.difficulties], x, peak=x.stages - 1
+            [[len(d)] * (x.phases - 1) + [0] for d in x.difficulties], x, peak=x.phases - 1
         ),
     )
     cfg = load_config(
@@ -172,6 +172,6 @@ def test_a_new_schedule_kind_is_one_registered_function(tmp_path, tiny_llama, mo
     for stage in ("generate", "train_token_weighting", "calculate_difficulties", "cluster"):
         pipeline.STAGE_FUNCTIONS[stage](cfg)
     written = read_schedule(RunPaths(cfg.run_dir).schedule)
-    assert written.kind == "answer-first" and written.stages == 3
+    assert written.kind == "answer-first" and written.phases == 3
     assert all(c[:2] == [c[0]] * 2 and c[2] == 0 for c in written.input_steps.values())
     assert json.loads(RunPaths(cfg.run_dir).schedule.read_text())["kind"] == "answer-first"

@@ -281,25 +281,25 @@ def test_tensorboard_logging(tmp_path, tiny_t5):
     assert list((tmp_path / "run" / "logs" / "tensorboard").rglob("events.out.tfevents.*"))
 
 
-def _staged_run(tmp_path, model, **extra):
-    """A KPOD run folder with 4 schedule stages over 2 epochs, every stage before `train` done."""
+def _phased_run(tmp_path, model, **extra):
+    """A KPOD run folder with 4 schedule phases over 2 epochs, every pipeline stage before `train` done."""
     cfg = _cfg(
         tmp_path / "run",
         model,
-        **{"method": "kpod", "schedule.stages": 4, "train.epochs": 2, "weighting.epochs": 1, **extra},
+        **{"method": "kpod", "schedule.phases": 4, "train.epochs": 2, "weighting.epochs": 1, **extra},
     )
     for stage in ("generate", "train_token_weighting", "calculate_difficulties", "cluster"):
         pipeline.STAGE_FUNCTIONS[stage](cfg)
     return cfg
 
 
-def test_schedule_stages_advance_at_step_boundaries(tmp_path, tiny_llama, monkeypatch):
-    """schedule.stages=4 over 2 epochs of 3 steps: stages switch every 1.5 steps, at step ends."""
+def test_schedule_phases_advance_at_step_boundaries(tmp_path, tiny_llama, monkeypatch):
+    """schedule.phases=4 over 2 epochs of 3 steps: phases switch every 1.5 steps, at step ends."""
     from kpod.student.data import DistillDataset
 
-    cfg = _staged_run(tmp_path, tiny_llama, **{"train.batch_size": 4, "train.save_checkpoints": False})
+    cfg = _phased_run(tmp_path, tiny_llama, **{"train.batch_size": 4, "train.save_checkpoints": False})
     schedule = json.loads((tmp_path / "run" / "schedule/schedule.json").read_text())
-    assert schedule["stages"] == 4 and schedule["epochs"] == 2 and len(schedule["table"]) == 4
+    assert schedule["phases"] == 4 and schedule["epochs"] == 2 and len(schedule["table"]) == 4
     assert all(len(c) == 4 for c in schedule["input_steps"].values())
     seen = []
     original = DistillDataset.__getitem__
@@ -310,31 +310,31 @@ def test_schedule_stages_advance_at_step_boundaries(tmp_path, tiny_llama, monkey
 
 
 def test_the_sampler_gives_each_item_the_stage_of_its_step_also_after_a_resume():
-    from kpod.student.trainer import StagedSampler, stage_at_step
+    from kpod.student.trainer import PhasedSampler, phase_at_step
 
-    assert [stage_at_step(s, 10, 4) for s in range(10)] == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
-    sampler = StagedSampler(range(8), stages=5, batch_size=2, steps_per_epoch=2, max_steps=10, accumulation=2)
+    assert [phase_at_step(s, 10, 4) for s in range(10)] == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
+    sampler = PhasedSampler(range(8), phases=5, batch_size=2, steps_per_epoch=2, max_steps=10, accumulation=2)
     sampler.set_epoch(3)  # a resume in epoch 3: steps 6 and 7 of 10
-    assert [stage for _, stage in sampler] == [3] * 8
+    assert [phase for _, phase in sampler] == [3] * 8
     assert sampler.epoch == 4
-    two_processes = StagedSampler(range(16), stages=4, batch_size=2, steps_per_epoch=4, max_steps=4, processes=2)
-    assert [stage for _, stage in two_processes] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
-    per_epoch = StagedSampler(range(4), stages=None, batch_size=2)
+    two_processes = PhasedSampler(range(16), phases=4, batch_size=2, steps_per_epoch=4, max_steps=4, processes=2)
+    assert [phase for _, phase in two_processes] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
+    per_epoch = PhasedSampler(range(4), phases=None, batch_size=2)
     per_epoch.set_epoch(2)
-    assert {stage for _, stage in per_epoch} == {2}
+    assert {phase for _, phase in per_epoch} == {2}
 
 
 @pytest.mark.parametrize("sampling", ["random", "group_by_length"])
 def test_the_stage_reaches_dataloader_workers(tmp_path, tiny_llama, sampling):
     """With worker processes (each holding its own copy of the dataset), every item of every batch is
-    encoded at the c its step's stage asks for: identified by its tokens and labels among all encodings.
+    encoded at the c its step's phase asks for: identified by its tokens and labels among all encodings.
     Also with length-grouped batches (the GPU default)."""
     from kpod.artifacts import RunPaths
     from kpod.layout import encode_example, source_target_item
     from kpod.student.recipe import build_examples, build_trainer
-    from kpod.student.trainer import stage_at_step
+    from kpod.student.trainer import phase_at_step
 
-    cfg = _staged_run(
+    cfg = _phased_run(
         tmp_path,
         tiny_llama,
         **{
@@ -353,16 +353,16 @@ def test_the_stage_reaches_dataloader_workers(tmp_path, tiny_llama, sampling):
             enc = encode_example(e, c, trainer.processing_class, False, 256, 256)
             item = source_target_item(enc.source_ids, enc.target_ids, seq2seq=False)
             known.setdefault((tuple(item["input_ids"]), tuple(item["labels"])), []).append((index, c))
-    steps_per_epoch, seen_stages = 6, set()
+    steps_per_epoch, seen_phases = 6, set()
     for epoch in range(2):
         loader = trainer.get_train_dataloader()
         assert loader.num_workers == 2
         loader.set_epoch(epoch)
         for b, batch in enumerate(loader):
-            stage = stage_at_step(epoch * steps_per_epoch + b, 2 * steps_per_epoch, 4)
-            seen_stages.add(stage)
+            phase = phase_at_step(epoch * steps_per_epoch + b, 2 * steps_per_epoch, 4)
+            seen_phases.add(phase)
             for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"]):
                 n = int(mask.sum())
                 matches = known[(tuple(ids[:n].tolist()), tuple(labels[:n].tolist()))]
-                assert any(c == examples[i].input_steps[stage] for i, c in matches), (epoch, b, matches, stage)
-    assert seen_stages == {0, 1, 2, 3}
+                assert any(c == examples[i].input_steps[phase] for i, c in matches), (epoch, b, matches, phase)
+    assert seen_phases == {0, 1, 2, 3}

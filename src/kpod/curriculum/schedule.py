@@ -1,6 +1,7 @@
 """The in-rationale progressive schedule (paper Eqs. 9-13, method doc section 6).
 
-c_i(t) is the number of rationale steps of item i given in the input at stage (= epoch) t. Every
+c_i(t) is the number of rationale steps of item i given in the input in curriculum phase t (one per epoch,
+or schedule.phases of them over the run). Every
 item starts answer-only (c_i = n_i). Each selection round hands one more step (the last input
 step) to the output for the selected items S, chosen to maximise
 
@@ -94,18 +95,18 @@ def select(costs: list[float], groups: list[int], budget: float, beta: float) ->
 
 @dataclass
 class Schedule:
-    epochs: int
+    phases: int
     peak: float
     total: float
     c0: float
-    input_steps: list[list[int]]  # per item, c_i(t) for t = 0..epochs-1
+    input_steps: list[list[int]]  # per item, c_i(t) for t = 0..phases-1
     table: list[dict] = field(default_factory=list)
 
 
 def build_schedule(
     difficulties: list[list[float]],
     groups: list[int],
-    epochs: int,
+    phases: int,
     p: float = 0.5,
     c0_ratio: float = 0.3,
     beta: float = 12.0,
@@ -116,7 +117,7 @@ def build_schedule(
     current = list(n_steps)
     total = float(sum(sum(d) for d in difficulties))
     c0 = c0_ratio * total
-    peak = peak_fraction * epochs
+    peak = peak_fraction * phases
     achieved = 0.0
     history: list[list[int]] = []
     table = []
@@ -127,8 +128,8 @@ def build_schedule(
         picked = select(costs, [groups[i] for i in candidates], budget=budget, beta=beta)
         return [candidates[j] for j in picked]
 
-    for t in range(epochs):
-        full = t >= peak or epochs < 2  # with one epoch there is nothing to progress over
+    for t in range(phases):
+        full = t >= peak or phases < 2  # with one phase there is nothing to progress over
         target = total if full else budget_curve(t, total, c0=c0, peak=peak, p=p) if t > 0 else c0
         selected: list[int] = []
         if full:
@@ -138,7 +139,7 @@ def build_schedule(
             selected = moved
         else:
             rounds = 0
-            while True:  # stage 0 repeats rounds until C0 is used; later stages take one round (Δs = 1)
+            while True:  # phase 0 repeats rounds until C0 is used; later phases take one round (Δs = 1)
                 chosen = round_(target - achieved)
                 for i in chosen:
                     achieved += max(0.0, difficulties[i][current[i] - 1])
@@ -151,7 +152,7 @@ def build_schedule(
         counts = Counter(groups[i] for i in selected)
         table.append(
             {
-                "stage": t,
+                "phase": t,
                 "budget": target,
                 "achieved": achieved,
                 "selected": len(selected),
@@ -159,33 +160,33 @@ def build_schedule(
                 "full_rationale_items": sum(c == 0 for c in current),
             }
         )
-    input_steps = [[history[t][i] for t in range(epochs)] for i in range(len(current))]
-    return Schedule(epochs, peak, total=total, c0=c0, input_steps=input_steps, table=table)
+    input_steps = [[history[t][i] for t in range(phases)] for i in range(len(current))]
+    return Schedule(phases, peak, total=total, c0=c0, input_steps=input_steps, table=table)
 
 
 def format_table(schedule: Schedule) -> str:
     clusters = sorted({k for row in schedule.table for k in row["per_cluster"]}, key=int)
-    head = f"{'stage':>5} {'budget D(t)':>12} {'achieved':>10} {'moved':>6} {'full':>6}  " + " ".join(
+    head = f"{'phase':>5} {'budget D(t)':>12} {'achieved':>10} {'moved':>6} {'full':>6}  " + " ".join(
         f"{'c' + k:>5}" for k in clusters
     )
     lines = [head]
     for row in schedule.table:
         lines.append(
-            f"{row['stage']:>5} {row['budget']:>12.2f} {row['achieved']:>10.2f} {row['selected']:>6} "
+            f"{row['phase']:>5} {row['budget']:>12.2f} {row['achieved']:>10.2f} {row['selected']:>6} "
             f"{row['full_rationale_items']:>6}  " + " ".join(f"{row['per_cluster'][k]:>5}" for k in clusters)
         )
     return "\n".join(lines)
 
 
-# How steps move from input to output over the stages: one entry per schedule.kind. Each takes the
-# stage inputs and returns the Schedule; a new kind is one decorated function here (and its test).
+# How steps move from input to output over the phases: one entry per schedule.kind. Each takes the
+# schedule inputs and returns the Schedule; a new kind is one decorated function here (and its test).
 
 
 @dataclass
 class ScheduleInputs:
     difficulties: list[list[float]]  # per item, per step
     groups: list[int]  # per item, its question's cluster
-    stages: int
+    phases: int
     p: float = 0.5
     c0_ratio: float = 0.3
     beta: float = 12.0
@@ -209,7 +210,7 @@ def kpod_schedule(x: ScheduleInputs) -> Schedule:
     return build_schedule(
         x.difficulties,
         x.groups,
-        epochs=x.stages,
+        phases=x.phases,
         p=x.p,
         c0_ratio=x.c0_ratio,
         beta=x.beta,
@@ -219,22 +220,22 @@ def kpod_schedule(x: ScheduleInputs) -> Schedule:
 
 @schedule_kind("none")
 def whole_rationale_schedule(x: ScheduleInputs) -> Schedule:
-    """The whole rationale in the output from the first stage: the curriculum switched off."""
-    return schedule_from_steps([[0] * x.stages for _ in x.difficulties], x, peak=0.0)
+    """The whole rationale in the output from the first phase: the curriculum switched off."""
+    return schedule_from_steps([[0] * x.phases for _ in x.difficulties], x, peak=0.0)
 
 
 @schedule_kind("linear")
 def linear_schedule(x: ScheduleInputs) -> Schedule:
-    """A control that ignores difficulty and diversity: at curriculum stage t < T every item hands
-    round(n_i (t + 1) / (T + 1)) of its n_i steps to the output (about the same share each stage),
-    from T = ceil(peak_fraction * stages) on the whole rationale, as kpod's."""
-    peak = x.peak_fraction * x.stages
-    curriculum = math.ceil(peak) if x.stages >= 2 else 0
+    """A control that ignores difficulty and diversity: in curriculum phase t < T every item hands
+    round(n_i (t + 1) / (T + 1)) of its n_i steps to the output (about the same share each phase),
+    from T = ceil(peak_fraction * phases) on the whole rationale, as kpod's."""
+    peak = x.peak_fraction * x.phases
+    curriculum = math.ceil(peak) if x.phases >= 2 else 0
     steps = []
     for d in x.difficulties:
         n = len(d)
         steps.append(
-            [n - math.floor(n * (t + 1) / (curriculum + 1) + 0.5) if t < curriculum else 0 for t in range(x.stages)]
+            [n - math.floor(n * (t + 1) / (curriculum + 1) + 0.5) if t < curriculum else 0 for t in range(x.phases)]
         )
     return schedule_from_steps(steps, x, peak=peak)
 
@@ -243,14 +244,14 @@ def schedule_from_steps(input_steps: list[list[int]], x: ScheduleInputs, peak: f
     """A Schedule from given c_i(t), with kpod's table (difficulty moved so far, items moved per cluster)."""
     total = float(sum(sum(d) for d in x.difficulties))
     table = []
-    for t in range(x.stages):
+    for t in range(x.phases):
         before = [len(d) if t == 0 else input_steps[i][t - 1] for i, d in enumerate(x.difficulties)]
         moved = [i for i in range(len(input_steps)) if input_steps[i][t] < before[i]]
         achieved = sum(sum(d[input_steps[i][t] :]) for i, d in enumerate(x.difficulties))
         counts = Counter(x.groups[i] for i in moved)
         table.append(
             {
-                "stage": t,
+                "phase": t,
                 "budget": achieved,
                 "achieved": achieved,
                 "selected": len(moved),
@@ -259,7 +260,7 @@ def schedule_from_steps(input_steps: list[list[int]], x: ScheduleInputs, peak: f
             }
         )
     return Schedule(
-        x.stages, peak, total=total, c0=table[0]["achieved"] if table else 0.0, input_steps=input_steps, table=table
+        x.phases, peak, total=total, c0=table[0]["achieved"] if table else 0.0, input_steps=input_steps, table=table
     )
 
 
@@ -278,7 +279,7 @@ def build_schedule_file(cfg: KPODConfig) -> dict:
         ScheduleInputs(
             [difficulties[k] for k in keys],
             [clusters.get(r["id"], 0) for r in rows],
-            stages=cfg.curriculum_stages(),
+            phases=cfg.curriculum_phases(),
             p=s.p,
             c0_ratio=s.c0_ratio,
             beta=s.beta,
@@ -289,11 +290,11 @@ def build_schedule_file(cfg: KPODConfig) -> dict:
         paths.schedule,
         ScheduleFile(
             epochs=cfg.train.epochs,
-            stages=schedule.epochs,
+            phases=schedule.phases,
             input_steps=dict(zip(keys, schedule.input_steps)),
             kind=s.kind,
-            stage_unit="epoch" if s.stages is None else "steps",
-            peak_stage=schedule.peak,
+            phase_unit="epoch" if s.phases is None else "steps",
+            peak_phase=schedule.peak,
             total_difficulty=schedule.total,
             c0=schedule.c0,
             table=schedule.table,
@@ -302,4 +303,4 @@ def build_schedule_file(cfg: KPODConfig) -> dict:
     text = format_table(schedule)
     atomic_write_text(paths.schedule_table, text + "\n")
     print(text)
-    return {"stages": schedule.epochs, "total_difficulty": schedule.total, "c0": schedule.c0}
+    return {"phases": schedule.phases, "total_difficulty": schedule.total, "c0": schedule.c0}

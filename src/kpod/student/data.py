@@ -44,7 +44,7 @@ class DistillDataset(Dataset):
         self.weight_norm = weight_norm
         self.weight_floor = weight_floor
         self.overlap = overlap
-        self.stage = 0
+        self.phase = 0
         self.truncated_inputs: set[tuple[str, int]] = set()
         self.truncated_targets: set[tuple[str, int]] = set()
         self._cache: dict[tuple[int, int], dict] = {}
@@ -53,19 +53,19 @@ class DistillDataset(Dataset):
     def __len__(self) -> int:
         return len(self.examples)
 
-    def n_input_steps(self, index: int, stage: int | None = None) -> int:
+    def n_input_steps(self, index: int, phase: int | None = None) -> int:
         schedule = self.examples[index].input_steps
         if not schedule:
             return 0
-        stage = self.stage if stage is None else stage
-        return schedule[min(stage, len(schedule) - 1)]
+        phase = self.phase if phase is None else phase
+        return schedule[min(phase, len(schedule) - 1)]
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        """An item by index at `self.stage`, or by (index, stage): the training sampler says each item's
-        stage with its index, so DataLoader worker processes (each with its own copy of the dataset) need
+        """An item by index at `self.phase`, or by (index, phase): the training sampler says each item's
+        phase with its index, so DataLoader worker processes (each with its own copy of the dataset) need
         no shared state and read ahead without lag."""
-        index, stage = key if isinstance(key, tuple) else (key, None)
-        c = self.n_input_steps(index, stage)
+        index, phase = key if isinstance(key, tuple) else (key, None)
+        c = self.n_input_steps(index, phase)
         item = self._cache.get((index, c))
         if item is None:
             item = self._cache[(index, c)] = self._encode(index, c)

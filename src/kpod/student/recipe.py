@@ -48,11 +48,11 @@ def build_examples(cfg: KPODConfig, paths: RunPaths, splits: DatasetSplits | Non
                 "or set schedule.progressive=false)"
             )
         data = read_schedule(paths.schedule)
-        stages = cfg.curriculum_stages()
-        if data.stages != stages or data.epochs != cfg.train.epochs:
+        phases = cfg.curriculum_phases()
+        if data.phases != phases or data.epochs != cfg.train.epochs:
             raise DataError(
-                f"{paths.schedule} was computed for {data.stages} stages over {data.epochs} epochs, but the config "
-                f"asks for {stages} over {cfg.train.epochs}; recompute it (kpod cluster)"
+                f"{paths.schedule} was computed for {data.phases} phases over {data.epochs} epochs, but the config "
+                f"asks for {phases} over {cfg.train.epochs}; recompute it (kpod cluster)"
             )
         schedule = data.input_steps
     examples = []
@@ -189,7 +189,7 @@ def accelerator_defaults(cfg: KPODConfig) -> dict:
     """Trainer settings for the hardware, under train.trainer_args (which override them):
     - autocast to kpod.placement's low precision (bf16 on a GPU that has it), float32 master weights;
     - on a GPU, batches of similar length (the Trainer's group_by_length: less padding; a causal student's
-      item has the whole text at every stage, so lengths do not move with the curriculum) and two
+      item has the whole text in every phase, so lengths do not move with the curriculum) and two
       persistent loader workers. A CPU run keeps the plain random order, so its figures stay as measured."""
     out = {}
     low = placement.low_precision(cfg.student.dtype)
@@ -250,7 +250,7 @@ def train_student(cfg: KPODConfig, splits: DatasetSplits | None = None, model_pa
 def build_trainer(
     cfg: KPODConfig, paths: RunPaths, examples: list[DistillExample], splits: DatasetSplits | None, base_name: str
 ) -> tuple[DistillTrainer, DistillDataset, DevAccuracyCallback | None]:
-    """The student (with LoRA when asked), its dataset, the stage and dev-accuracy callbacks, the Trainer."""
+    """The student (with LoRA when asked), its dataset, the dev-accuracy callback, the Trainer."""
     student = cfg.student
     model, tokenizer = load_student(base_name, student.dtype, trained_whole=not student.lora)
     if student.lora and not hasattr(model, "peft_config"):
@@ -296,6 +296,6 @@ def build_trainer(
         data_collator=DistillCollator(tokenizer.pad_token_id, seq2seq),
         processing_class=tokenizer,
         callbacks=callbacks,
-        stages=cfg.schedule.stages if any(e.input_steps is not None for e in examples) else None,
+        phases=cfg.schedule.phases if any(e.input_steps is not None for e in examples) else None,
     )
     return trainer, dataset, dev

@@ -75,9 +75,9 @@ def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tenso
 class DistillTrainer(Trainer):
     """`Trainer` whose loss weighs each target token (batch key `token_weights`)."""
 
-    def __init__(self, *args, stages: int | None = None, **kwargs):
-        """stages: the schedule's stages over the run (schedule.stages); None: one per epoch."""
-        self.stages = stages
+    def __init__(self, *args, phases: int | None = None, **kwargs):
+        """phases: the schedule's phases over the run (schedule.phases); None: one per epoch."""
+        self.phases = phases
         super().__init__(*args, **kwargs)
         dataset = self.train_dataset
         if dataset is not None and not isinstance(dataset, DistillDataset):
@@ -88,23 +88,23 @@ class DistillTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
 
     def get_train_dataloader(self):
-        """The Trainer's loader, its sampler wrapped in a StagedSampler (the schedule's stages)."""
+        """The Trainer's loader, its sampler wrapped in a PhasedSampler (the schedule's phases)."""
         loader = super().get_train_dataloader()
         holder = loader.batch_sampler
         holder = getattr(holder, "batch_sampler", holder)  # under data parallelism: BatchSamplerShard's inner one
         if not hasattr(holder, "sampler"):
             raise ValueError(
                 f"train.trainer_args.train_sampling_strategy={self.args.train_sampling_strategy} builds whole "
-                "batches itself, so the curriculum cannot give items their stage: use 'random' or 'group_by_length'"
+                "batches itself, so the curriculum cannot give items their phase: use 'random' or 'group_by_length'"
             )
         # the Trainer's own step count (Trainer.set_initial_training_values)
         steps_per_epoch = max(1, math.ceil(len(loader) / self.args.gradient_accumulation_steps))
         max_steps = (
             self.args.max_steps if self.args.max_steps > 0 else math.ceil(self.args.num_train_epochs * steps_per_epoch)
         )
-        holder.sampler = StagedSampler(
+        holder.sampler = PhasedSampler(
             holder.sampler,
-            self.stages,
+            self.phases,
             batch_size=self._train_batch_size,
             steps_per_epoch=steps_per_epoch,
             max_steps=max_steps,
@@ -139,24 +139,24 @@ def distill_loss(trainer: Trainer, model, inputs: dict, seq2seq: bool, num_items
     return loss, outputs
 
 
-def stage_at_step(step: int, max_steps: int, stages: int) -> int:
-    """The stage of optimizer step `step` (0-based) when `stages` stages share `max_steps` steps equally."""
-    return min(stages - 1, step * stages // max(1, max_steps))
+def phase_at_step(step: int, max_steps: int, phases: int) -> int:
+    """The phase of optimizer step `step` (0-based) when `phases` phases share `max_steps` steps equally."""
+    return min(phases - 1, step * phases // max(1, max_steps))
 
 
-class StagedSampler(Sampler):
-    """Wraps the Trainer's own sampler (same order, same seeds) and yields (index, stage): the stage of
-    the optimizer step that will read the item, from the item's place in the epoch. One stage per epoch
-    (stages=None, the paper), or `stages` stages sharing the run's optimizer steps equally.
+class PhasedSampler(Sampler):
+    """Wraps the Trainer's own sampler (same order, same seeds) and yields (index, phase): the phase of
+    the optimizer step that will read the item, from the item's place in the epoch. One phase per epoch
+    (phases=None, the paper), or `phases` phases sharing the run's optimizer steps equally.
 
-    The stage travels with the index, so DataLoader workers and read-ahead see the right one, and a
-    resumed run (the Trainer skips the epoch's first batches) gets the stages of its restored steps.
+    The phase travels with the index, so DataLoader workers and read-ahead see the right one, and a
+    resumed run (the Trainer skips the epoch's first batches) gets the phases of its restored steps.
     Under data parallelism the sampler's batches are dealt out to the processes in turn."""
 
     def __init__(
         self,
         inner,
-        stages: int | None,
+        phases: int | None,
         *,
         batch_size: int,
         steps_per_epoch: int = 1,
@@ -164,7 +164,7 @@ class StagedSampler(Sampler):
         processes: int = 1,
         accumulation: int = 1,
     ):
-        self.inner, self.stages = inner, stages
+        self.inner, self.phases = inner, phases
         self.batch_size, self.processes, self.accumulation = batch_size, processes, accumulation
         self.steps_per_epoch, self.max_steps = steps_per_epoch, max_steps
         self.epoch = 0
@@ -177,17 +177,17 @@ class StagedSampler(Sampler):
     def __len__(self) -> int:
         return len(self.inner)
 
-    def stage_of(self, epoch: int, position: int) -> int:
-        if self.stages is None:
+    def phase_of(self, epoch: int, position: int) -> int:
+        if self.phases is None:
             return epoch
         local_batch = position // self.batch_size // self.processes
         step = epoch * self.steps_per_epoch + local_batch // self.accumulation
-        return stage_at_step(step, self.max_steps, self.stages)
+        return phase_at_step(step, self.max_steps, self.phases)
 
     def __iter__(self):
         epoch = self.epoch
         for position, index in enumerate(self.inner):
-            yield index, self.stage_of(epoch, position)
+            yield index, self.phase_of(epoch, position)
         self.epoch = epoch + 1  # as accelerate's seedable sampler counts its epochs
 
 
