@@ -2,9 +2,10 @@
 
 The CLI's commands, the pipeline's dispatch (each stage runs as `kpod.pipeline.<name>`), the map from
 a run-folder file to the stage that writes it, and the stale-record checks are all derived from
-`STAGES`. Each stage declares the settings it computes from (`uses`, given the config); a stage reruns
-when one of them or one of its input files changed, and the tests check each declaration against what
-the stage reads while it runs (kpod.config.record_reads). Adding a stage is one entry here and one function in pipeline.py (docs/architecture.md).
+`STAGES`. Each stage declares the settings it computes from (`uses`, given the run folder and config);
+a stage reruns when one of them or one of its input files changed, and the tests check each
+declaration against what the stage reads while it runs (kpod.config.record_reads). Adding a stage is
+one entry here and one function in pipeline.py (docs/architecture.md).
 """
 
 from __future__ import annotations
