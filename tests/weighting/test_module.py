@@ -11,12 +11,16 @@ from kpod.weighting.module import KeypointModel, TokenWeighter, score_function_s
 from kpod.weighting.train import fit_keypoint_model
 
 
-def _model(reasoner_dir, student_dir=None, alpha=0.5, seed=0, keep_rate=0.8, **options):
+def _model(reasoner_dir, student_dir=None, alpha=0.5, seed=0, keep_rate=0.8, head_init="random", **options):
     torch.manual_seed(seed)
     student = load_model(str(student_dir or reasoner_dir))
     reasoner = load_model(str(reasoner_dir))
     weighter = TokenWeighter(
-        student.get_input_embeddings().weight.detach().clone(), heads=4, mlp_hidden=32, keep_rate=keep_rate
+        student.get_input_embeddings().weight.detach().clone(),
+        heads=4,
+        mlp_hidden=32,
+        keep_rate=keep_rate,
+        head_init=head_init,
     )
     model = KeypointModel(weighter, reasoner, alpha=alpha, **options)
     collator = PrefixCollator(
@@ -218,6 +222,28 @@ def test_keep_rate_pins_each_rationales_mean_logit(tiny_llama):
         logits = torch.log(row[mask] / (1 - row[mask]))
         assert logits.mean().item() == pytest.approx(math.log(0.8 / 0.2), abs=1e-2)  # pinned: no collapse either way
         assert row[mask].max() > 0.9 and row[mask].min() < 0.5
+
+
+def test_a_zero_head_starts_every_token_at_the_same_weight_whatever_the_seed(tiny_llama):
+    """head_init=zero: before training w is keep_rate on every token, so the seed cannot put a ranking in
+    place that 18 steps of training then only perturb; head_init=random starts from a ranking of its own
+    that differs by seed. A first step moves the zero head (its gradient is not zero)."""
+    batch_items = ITEMS
+
+    def initial_weights(seed, head_init):
+        model, collator = _model(tiny_llama, seed=seed, head_init=head_init)
+        batch = collator(batch_items)
+        w = model.weighter(batch["rationale_ids"], batch["rationale_mask"])[2]
+        return w[batch["rationale_mask"].bool()], model, batch
+
+    for seed in (0, 1):
+        w, _, _ = initial_weights(seed, "zero")
+        assert torch.allclose(w, torch.full_like(w, 0.8))
+    random0, random1 = initial_weights(0, "random")[0], initial_weights(1, "random")[0]
+    assert random0.std() > 0 and not torch.allclose(random0, random1)
+    _, model, batch = initial_weights(0, "zero")
+    model(batch)["loss"].backward()
+    assert model.weighter.mlp[-1].weight.grad.abs().sum() > 0
 
 
 def test_alpha_moves_the_mean_weight(tiny_llama):
