@@ -88,12 +88,12 @@ def arm(name: str, model: str, n: int, work: Path, rationales: str | None = None
         pipeline.cluster(cfg)
     # the trainer, dataset (weight_norm, weight_floor, overlap) and LoRA exactly as the train stage builds them
     trainer, dataset, _ = build_trainer(cfg, RunPaths(run), build_examples(cfg, RunPaths(run)), None, model)
-    dataset.stage = 10**6  # the last stage: whole rationales, to count an epoch's tokens
+    dataset.phase = 10**6  # the last phase: whole rationales, to count an epoch's tokens
     tokens = sum(
         len(dataset[i]["input_ids"]) + len([t for t in dataset[i]["labels"] if t != -100]) * trainer.seq2seq
         for i in range(len(dataset))
     )
-    dataset.stage = 0
+    dataset.phase = 0
     if name == "plain":
         items = [dataset[i] for i in range(len(dataset))]
         collate = trainer.data_collator

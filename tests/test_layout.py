@@ -83,10 +83,10 @@ def test_stored_weights_map_onto_the_same_tokens_at_every_stage(real_examples, d
     example.weights = TokenWeights([tuple(o) for o in enc["offset_mapping"]], stored)
     example.input_steps = list(range(len(example.steps), -1, -1))
     dataset = DistillDataset([example], tokenizer, seq2seq=False, weight_norm="none")
-    dataset.stage = len(example.steps)  # c = 0
+    dataset.phase = len(example.steps)  # c = 0
     full = dataset[0]["token_weights"]
-    for stage in range(len(example.steps)):
-        dataset.stage = stage
+    for phase in range(len(example.steps)):
+        dataset.phase = phase
         item = dataset[0]
         target = [w for w, label in zip(item["token_weights"], item["labels"]) if label != -100]
         assert target == pytest.approx(full[-len(target) :])

@@ -27,7 +27,7 @@ def test_sft_trainer_trains_on_kpod_weights_with_kpods_loss(finished_tiny_run, t
     own = DistillDataset(
         [examples[k] for k in rows["key"]], tokenizer, seq2seq=False, max_input_tokens=256, max_target_tokens=256
     )
-    own.stage = 10**6  # the last stage: the whole rationale in the target
+    own.phase = 10**6  # the last phase: the whole rationale in the target
     for i in range(len(rows)):
         assert train[i]["input_ids"] == own[i]["input_ids"]
         assert train[i]["labels"] == own[i]["labels"]

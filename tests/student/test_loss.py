@@ -83,8 +83,8 @@ def test_input_steps_move_into_the_source(tiny_llama):
     example = DistillExample("a#0", QUESTION, "72", STEPS, None, input_steps=[2, 1, 0])
     ds = DistillDataset([example], tokenizer, False)
     targets = []
-    for stage in range(3):
-        ds.stage = stage
+    for phase in range(3):
+        ds.phase = phase
         item = ds[0]
         target_ids = [t for t in item["labels"] if t != -100]
         targets.append(tokenizer.decode(target_ids, skip_special_tokens=True))
@@ -92,7 +92,7 @@ def test_input_steps_move_into_the_source(tiny_llama):
     assert targets[0].strip() == "Therefore, the answer is 72."
     assert targets[1].strip().startswith("Natalia sold 48+24") and "48/2" not in targets[1]
     assert targets[2].strip().startswith("Natalia sold 48/2")
-    ds.stage = 1
+    ds.phase = 1
     assert ds[0] is ds[0]  # tokenised once per (example, c)
 
 
