@@ -10,7 +10,7 @@ def test_show_prints_every_setting_with_its_description_and_reads_back(tmp_path,
     assert main(["config", "show", "--set", "dataset=svamp", "--set", "train.epochs=3"]) == 0
     text = capsys.readouterr().out
     assert "dataset: svamp  # (changed)" in text and "  epochs: 3  # (changed)" in text
-    assert "  # Training epochs = KPOD stages." in text
+    assert "  # Training epochs (also the number of curriculum phases when schedule.phases is not set" in text
     (tmp_path / "shown.yaml").write_text(text)
     cfg = load_config(tmp_path / "shown.yaml")
     assert cfg.snapshot() == load_config(overrides=["dataset=svamp", "train.epochs=3"]).snapshot()
