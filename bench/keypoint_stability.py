@@ -11,6 +11,7 @@ by a hash of the id, not by the seed). On the rationales every module held out i
 
     KPOD_DATA_DIR=../shared/data python bench/keypoint_stability.py --json bench/results/keypoint_stability.json
     KPOD_DATA_DIR=../shared/data python bench/keypoint_stability.py --set weighting.samples=4 --tag samples4
+    KPOD_DATA_DIR=../shared/data python bench/keypoint_stability.py --measured-only --json ...  # what is done so far
     KPOD_DATA_DIR=../shared/data python bench/keypoint_stability.py --smoke     # a tiny LLaMA, 12 questions
 
 Resumable: each seed is a run folder under --out/<tag>-s<seed>, and finished stages are skipped.
@@ -103,6 +104,12 @@ def main() -> None:
     parser.add_argument("--out", default="bench/out/keypoint_stability")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--smoke", action="store_true", help="a tiny LLaMA, 12 questions, 6 held out, seeds 0-1")
+    parser.add_argument(
+        "--measured-only",
+        action="store_true",
+        help="run nothing: report what the run folders under --out hold so far (seeds without weights, a quality "
+        "check not yet written and the Std-CoT epoch not yet timed are left out)",
+    )
     args = parser.parse_args()
     root, out = data_root(), Path(args.out)
     if args.smoke:
@@ -133,11 +140,16 @@ def main() -> None:
         cfg = load_config(
             overrides=common + args.overrides + [f"seed={seed}", f"output_dir={out / f'{args.tag}-s{seed}'}"]
         )
-        pipeline.generate(cfg)
-        pipeline.train_token_weighting(cfg)
         paths = RunPaths(cfg.run_dir)
-        summary, quality = read_json(paths.weights_summary), read_json(paths.weights_quality)
+        if not args.measured_only:
+            pipeline.generate(cfg)
+            pipeline.train_token_weighting(cfg)
+        elif not paths.weights_heldout.is_file():
+            continue
         runs[seed] = held_out_weights(cfg.run_dir)
+        if not paths.weights_quality.is_file():  # --measured-only: the stage is still checking its weights
+            continue
+        summary, quality = read_json(paths.weights_summary), read_json(paths.weights_quality)
         results["seeds"][seed] = {
             "trained_on": summary["trained_on"],
             "fit_seconds": summary["seconds"],
@@ -150,17 +162,20 @@ def main() -> None:
             },
         }
         print(f"seed {seed}: {quality['line']} ({quality['verdict']}; fit {summary['seconds']:.0f} s)", flush=True)
+    seeds = sorted(runs)
     results["pairs"] = {f"{a}-{b}": agreement(runs[a], runs[b]) for a, b in itertools.combinations(seeds, 2)}
     for pair, r in results["pairs"].items():
         print(
             f"seeds {pair}: Spearman of w {r['spearman']:.3f}, top-5 % Jaccard {r['jaccard_top']:.3f} ({r['rationales']} rationales)"
         )
-    per_1000 = statistics.mean(
-        1000 * r["fit_seconds"] / r["trained_on"] for r in results["seeds"].values() if r["trained_on"]
-    )
-    stdcot = stdcot_epoch_seconds_per_1000(common, root, out, args.stdcot_questions)
-    results["cost"] = {"weighting_per_1000": per_1000, "stdcot_epoch_per_1000": stdcot, "ratio": per_1000 / stdcot}
-    print(f"token weighting per 1000 rationales / one Std-CoT epoch on 1000 rationales: {per_1000 / stdcot:.2f}")
+    timed = RunPaths(out / f"std-cot-epoch-{args.stdcot_questions}").train_summary.is_file()
+    if results["seeds"] and (timed or not args.measured_only):
+        per_1000 = statistics.mean(
+            1000 * r["fit_seconds"] / r["trained_on"] for r in results["seeds"].values() if r["trained_on"]
+        )
+        stdcot = stdcot_epoch_seconds_per_1000(common, root, out, args.stdcot_questions)
+        results["cost"] = {"weighting_per_1000": per_1000, "stdcot_epoch_per_1000": stdcot, "ratio": per_1000 / stdcot}
+        print(f"token weighting per 1000 rationales / one Std-CoT epoch on 1000 rationales: {per_1000 / stdcot:.2f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1))
