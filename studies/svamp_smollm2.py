@@ -43,8 +43,8 @@ ARMS = {
     "kpod-uniform": ["train.uniform_weights=true"],
     "kpod-no-schedule": ["schedule.progressive=false"],
     "kpod-floor": ["train.weight_floor=0.5"],
-    # The curriculum added, not substituted: run with --epochs 9 --stages 12, the curriculum takes the first
-    # third (3 epochs, 4 stages of 3/4 epoch as in a 6-epoch KPOD run), then 6 whole-rationale epochs follow.
+    # The curriculum added, not substituted: run with --epochs 9 --phases 12, the curriculum takes the first
+    # third (3 epochs, 4 phases of 3/4 epoch as in a 6-epoch KPOD run), then 6 whole-rationale epochs follow.
     "kpod-added": ["schedule.peak_fraction=0.3333333333333333"],
     # issue 27's control: steps move by the same share of every rationale each stage, blind to difficulty and diversity
     "kpod-linear": ["schedule.kind=linear"],

@@ -2,7 +2,7 @@
 
 SmolLM2-135M-Instruct + LoRA, trained on SVAMP training questions with the real GPT-3.5-Turbo
 rationales of MCC-KD (the first correct one of each question; the same data, epochs, learning rate,
-LoRA and curriculum stages for every arm). Every run is evaluated, without model selection, on the
+LoRA and curriculum phases for every arm). Every run is evaluated, without model selection, on the
 300 held-out SVAMP questions (MCC-KD dev + test) and on the ASDiv test split (314, out of
 distribution). Arms: base, std-cot, kpod, kpod-uniform (no token weights), kpod-no-schedule and, after
 the study, kpod-floor (train.weight_floor=0.5: every token keeps at least half of a full weight) and
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--plan", default=PLAN, help="arm:seed,... in the order to run")
     parser.add_argument("--questions", type=int, default=160)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--stages", type=int, default=8)
+    parser.add_argument("--phases", type=int, default=8, help="curriculum phases over the run (schedule.phases)")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument(
@@ -86,7 +86,7 @@ def main() -> None:
         "teacher.kind=file",
         f"teacher.import_path={teacher_file}",
         f"train.epochs={args.epochs}",
-        f"schedule.phases={args.stages}",
+        f"schedule.phases={args.phases}",
         f"train.learning_rate={args.lr}",
         *STUDENT_SETTINGS,
         f"eval.max_new_tokens={args.max_new_tokens}",
