@@ -199,11 +199,12 @@ def write_report(run_dir: str | Path) -> Path:
     )
     split = (config.get("eval") or {}).get("split", "test")
     report = Report()
-    _accuracy_section(report, paths, config=config, split=split)
+    arms = _arms(paths)
+    _accuracy_section(report, paths, arms, config=config, split=split)
     _data_section(report, paths)
     _weights_sections(report, paths)
     _schedule_section(report, paths)
-    _training_section(report, paths)
+    _training_section(report, paths, arms)
     _predictions_section(report, paths, split)
     report.section(
         "Configuration",
@@ -250,7 +251,7 @@ def _student_name(config: dict) -> str:
     return (config.get("student") or {}).get("model", "?")
 
 
-def _accuracy_section(report: Report, paths: RunPaths, config: dict, split: str) -> None:
+def _accuracy_section(report: Report, paths: RunPaths, arms: list, config: dict, split: str) -> None:
     dataset, student = config.get("dataset", "?"), _student_name(config)
     metrics = _json(paths.eval_dir(split) / "metrics.json")
     paper = paper_figure(student, dataset) if dataset in ("gsm8k", "asdiv", "svamp", "commonsenseqa") else None
@@ -267,7 +268,7 @@ def _accuracy_section(report: Report, paths: RunPaths, config: dict, split: str)
             if loss.get("mean") is not None
             else ""
         )
-        rows = _result_rows(_arms(paths), split)
+        rows = _result_rows(arms, split)
         h, m = report.figure("results", _results_plot(rows), panels=2) if rows else ("", "")
         m += "\n\n| arm | accuracy (%) | held-out rationale loss |\n|---|---|---|\n" + "\n".join(
             f"| {r['arm']} | {r['accuracy']:.2f} | "
@@ -367,13 +368,13 @@ def _schedule_section(report: Report, paths: RunPaths) -> None:
     )
 
 
-def _training_section(report: Report, paths: RunPaths) -> None:
+def _training_section(report: Report, paths: RunPaths, arms: list) -> None:
     summary = _json(paths.train_summary)
     if not (summary and summary.get("loss_history")):
         return
     curves = [
         (name if len(runs) == 1 else f"{name} {run.name}", _json(RunPaths(run).train_summary))
-        for name, runs in _arms(paths)
+        for name, runs in arms
         for run in runs
     ]
     curves = [(label, s) for label, s in curves if s and s.get("loss_history")] or [("this run", summary)]
