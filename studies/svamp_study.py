@@ -12,7 +12,8 @@ kpod-added (the curriculum added before the full-rationale epochs, not in their 
 Runs go in the order of `--plan` (arm:seed), most informative first; each is a run folder under
 --out, resumable (finished stages and evaluations are skipped). After each run its per-question
 correctness goes to --csv-dir/<run>/<split>.csv (question id, correct, answer found, answer sentence) and, for KPOD
-runs, the faithfulness of its token weights to --csv-dir/<run>/faithfulness.json. Then:
+runs, the weighting stage's deletion test of its token weights (weights/quality.json) to
+--csv-dir/<run>/quality.json. Then:
 
     kpod compare studies/out/svamp_study/* --split dev,test
     kpod compare studies/out/svamp_study/* --split test-asdiv
@@ -34,7 +35,6 @@ from kpod.artifacts import RunPaths
 from kpod.config import load_config
 from kpod.data.datasets import required_data_dir
 from kpod.files import read_jsonl
-from kpod.weighting.faithfulness import measure_faithfulness
 
 PLAN = "std-cot:0,kpod:0,std-cot:1,kpod:1,std-cot:2,kpod:2,kpod-uniform:0,kpod-no-schedule:0,base:0"
 
@@ -73,6 +73,9 @@ def main() -> None:
         help="a study folder whose kpod-s<seed> runs lend their stages before train to this study's KPOD arms "
         "(token weights do not depend on the training length); default: ablation arms borrow from --out",
     )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="a setting for every run: key=value"
+    )
     args = parser.parse_args()
     root = required_data_dir()
     out, csv_dir = Path(args.out), Path(args.csv_dir)
@@ -92,11 +95,8 @@ def main() -> None:
         f"eval.max_new_tokens={args.max_new_tokens}",
         "weighting.max_rationale_tokens=192",
         "weighting.max_question_tokens=96",
+        *args.overrides,
     ]
-    judge_cache_file = out / "judge_cache.json"
-    judge_cache = (
-        {tuple(k): v for k, v in json.loads(judge_cache_file.read_text())} if judge_cache_file.is_file() else {}
-    )
     for item in args.plan.split(","):
         arm, seed = item.split(":")
         name = f"{arm}-s{seed}"
@@ -120,12 +120,9 @@ def main() -> None:
             if not evaluated_after_training(run_dir, eval_name):
                 pipeline.evaluate(run_cfg, model_path=model_path, split=split, tag=tag)
             write_correctness(run_dir, eval_name, csv_dir / name / f"{eval_name}.csv")
-        if arm.startswith("kpod") and arm != "kpod-uniform":
-            faithfulness = RunPaths(run_dir).faithfulness
-            if not faithfulness.is_file() or faithfulness.stat().st_mtime < RunPaths(run_dir).weights.stat().st_mtime:
-                measure_faithfulness(run_dir, progress=False, judge_cache=judge_cache)
-                judge_cache_file.write_text(json.dumps([[list(k), v] for k, v in judge_cache.items()]))
-            shutil.copy(faithfulness, csv_dir / name / "faithfulness.json")
+        quality = RunPaths(run_dir).weights_quality
+        if arm.startswith("kpod") and quality.is_file():  # the weighting stage's own deletion test (5 %, 10 %)
+            shutil.copy(quality, csv_dir / name / "quality.json")
         took = time.time() - start
         seconds_file = run_dir / "bench_seconds.json"
         if not seconds_file.is_file() or took > 60:  # keep the time of the call that did the work
