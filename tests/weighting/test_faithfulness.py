@@ -79,6 +79,32 @@ def _tiny_run(tmp_path, tiny_llama, holdout_keys):
     return run, rows
 
 
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_t5"])
+def test_the_judge_scores_each_answer_as_the_model_alone_would(model, request):
+    """Rows of different lengths share a batch (a causal judge pads them on the left and keeps the
+    logits of the answer positions only); each row's score is still the model's own summed loss of
+    its answer, scored alone."""
+    import torch
+
+    judge = Judge(str(request.getfixturevalue(model)), batch_size=3)
+    rows = [
+        ("Tom has 3 apples and buys 4 more. How many?", "3+4 = 7 apples.", "7"),
+        ("A box holds 12 pens.", "Half of 12 is 6.\nSo 6 pens are left in the box.", "6"),
+        ("Sam ran 5 km a day for 7 days.", "5*7 = 35 km.", "35 kilometres"),
+        ("Why?", "", "0"),
+    ]
+    scores = judge.answer_nll(rows)
+    for row, score in zip(rows, scores):
+        source, answer = judge._encode(*row)
+        with torch.no_grad():
+            if judge.seq2seq:
+                loss = judge.model(input_ids=torch.tensor([source]), labels=torch.tensor([answer])).loss
+            else:
+                labels = torch.tensor([[-100] * len(source) + answer])
+                loss = judge.model(input_ids=torch.tensor([source + answer]), labels=labels).loss
+        assert score == pytest.approx(loss.item() * len(answer), rel=1e-4)
+
+
 def test_faithfulness_on_a_run_folder(tmp_path, tiny_llama, capsys):
     run, rows = _tiny_run(tmp_path, tiny_llama, ["q0#0", "q1#0"])
     result = measure_faithfulness(run, judge=str(tiny_llama), draws=2, progress=False)

@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from kpod import placement
@@ -76,16 +77,37 @@ class Judge:
         out = []
         for start in range(0, len(rows), self.batch_size):
             encoded = [self._encode(*row) for row in rows[start : start + self.batch_size]]
-            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-            batch = DistillCollator(pad, self.seq2seq)([source_target_item(*pair, self.seq2seq) for pair in encoded])
-            batch = placement.to_device(batch, self.model.device)
-            logits = self.model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                **({"labels": batch["labels"]} if self.seq2seq else {}),
-            ).logits
-            out.extend(token_nll(logits, batch["labels"], causal=not self.seq2seq).sum(1).cpu().tolist())
+            out.extend((self._seq2seq_nll if self.seq2seq else self._causal_nll)(encoded).cpu().tolist())
         return out
+
+    def _seq2seq_nll(self, encoded: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        batch = DistillCollator(pad, seq2seq=True)([source_target_item(*pair, True) for pair in encoded])
+        batch = placement.to_device(batch, self.model.device)
+        logits = self.model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}).logits
+        return token_nll(logits, batch["labels"], causal=False).sum(1)
+
+    def _causal_nll(self, encoded: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+        """Left padding ends every row with its answer, so the vocabulary logits are needed at the last
+        A + 1 positions only (A: the longest answer); the full sequence's would be most of the cost."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        length = max(len(s) + len(a) for s, a in encoded)
+        answer_length = max(len(a) for _, a in encoded)
+        ids, labels = [], []
+        for source, answer in encoded:
+            gap = length - len(source) - len(answer)
+            ids.append([pad] * gap + source + answer)
+            labels.append([-100] * (answer_length - len(answer)) + answer)
+        ids = torch.tensor(ids, device=self.model.device)
+        mask = torch.tensor(
+            [[0] * (length - len(s) - len(a)) + [1] * (len(s) + len(a)) for s, a in encoded], device=ids.device
+        )
+        position_ids = (mask.cumsum(1) - 1).clamp_min(0)
+        logits = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=answer_length + 1
+        ).logits[:, :-1]
+        targets = torch.tensor(labels, device=ids.device)
+        return F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none").sum(1)
 
 
 def deletion_texts(
