@@ -69,6 +69,9 @@ def test_compare_pools_seeds_and_pairs_questions(tmp_path, capsys):
     assert [(s["a_only"], s["b_only"]) for s in pair["per_seed"]] == [(2, 0), (2, 0)]
     assert (pair["a_only"], pair["b_only"]) == (4, 0) and pair["p_pooled"] == pytest.approx(2 / 16)
     assert pair["difference"] == pytest.approx(100 * 4 / 12)
+    # per question, kpod's two seeds against std-cot's: q0, q1, q4 for kpod, none for std-cot
+    assert (pair["questions_a_better"], pair["questions_b_better"]) == (3, 0)
+    assert pair["p_questions"] == pytest.approx(2 / 8)
     html = tmp_path / "c.html"
     assert (
         main(["compare", str(k0), str(k1), str(s0), str(s1), "--html", str(html), "--json", str(tmp_path / "c.json")])
@@ -76,6 +79,20 @@ def test_compare_pools_seeds_and_pairs_questions(tmp_path, capsys):
     )
     assert "data:image/png;base64" in html.read_text() and "kpod vs std-cot" in capsys.readouterr().out
     assert json.loads((k0 / "comparison.json").read_text())["arm"] == "kpod"
+
+
+def test_the_question_level_test_counts_a_question_once_however_many_seeds(tmp_path):
+    """Three seeds that all get q0 and q1 right, against three that get neither (q2, q3: one seed each,
+    on both sides): pooled McNemar counts q0 and q1 three times, the question-level sign test once."""
+    kpod = [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 0, 1]]
+    std = [[0, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]]
+    runs = [_run(tmp_path, f"k{s}", c, seed=s) for s, c in enumerate(kpod)]
+    runs += [_run(tmp_path, f"s{s}", c, method="std-cot", seed=s) for s, c in enumerate(std)]
+    (pair,) = compare_runs([load_run(r, "test") for r in runs], resamples=200)["pairs"]
+    assert (pair["a_only"], pair["b_only"]) == (8, 2) and pair["p_pooled"] == pytest.approx(112 / 1024)
+    assert (pair["questions_a_better"], pair["questions_b_better"]) == (2, 0)
+    assert pair["p_questions"] == pytest.approx(2 / 4)
+    assert "| 2 / 0 | 0.5 |" in format_markdown({"questions": 4, "arms": [], "pairs": [pair]})
 
 
 def test_arms_with_different_seeds_are_compared_on_the_shared_seed(tmp_path):

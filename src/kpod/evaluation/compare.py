@@ -7,7 +7,9 @@ with no trained student is "base"), several runs of an arm being seeds. Per arm:
 spread over seeds and the answer-format rate. Per pair of arms, paired on the same questions:
 the accuracy difference with a paired bootstrap 95 % CI (questions resampled, seeds pooled: each
 arm's accuracy is its mean over seeds on the resampled questions), the exact McNemar p-value per
-seed pair and pooled over seed pairs, and the discordant counts. All of a pair's figures use the
+seed pair and pooled over seed pairs, the discordant counts, and a question-level sign test (seeds
+pooled per question: a question counts for A when A's runs get it right more often than B's, so a
+question is one observation however many seeds there are). All of a pair's figures use the
 same runs: those whose seed both arms have (when no seed is shared, the runs paired in order), so an
 arm with seeds 0-2 against one with seed 0 alone is compared on seed 0.
 """
@@ -167,6 +169,14 @@ def paired_bootstrap(
     return float(per_question.mean()), float(low), float(high)
 
 
+def question_sign_test(a: np.ndarray, b: np.ndarray) -> tuple[int, int, float]:
+    """(questions a wins, questions b wins, exact two-sided sign-test p): per question, a's runs' mean
+    correctness against b's (runs, questions); ties (both arms equally often right) drop out."""
+    per_question = a.mean(0) - b.mean(0)
+    wins, losses = int((per_question > 0).sum()), int((per_question < 0).sum())
+    return wins, losses, mcnemar_exact(wins, losses)
+
+
 def pair_by_seed(a: Arm, b: Arm) -> list[tuple[EvaluatedRun, EvaluatedRun]]:
     """Runs of two arms with the same seed; arms whose seeds do not match are paired in order."""
     by_seed = {r.seed: r for r in b.runs}
@@ -231,11 +241,10 @@ def compare_runs(runs: list[EvaluatedRun], resamples: int = 10_000) -> dict:
     pair_rows = []
     for a, b in itertools.combinations(arms, 2):
         pairs = pair_by_seed(a, b)
-        diff, low, high = paired_bootstrap(
-            correctness_matrix([ra for ra, _ in pairs], questions),
-            correctness_matrix([rb for _, rb in pairs], questions),
-            resamples,
-        )
+        matrix_a = correctness_matrix([ra for ra, _ in pairs], questions)
+        matrix_b = correctness_matrix([rb for _, rb in pairs], questions)
+        diff, low, high = paired_bootstrap(matrix_a, matrix_b, resamples)
+        questions_a, questions_b, p_questions = question_sign_test(matrix_a, matrix_b)
         per_seed = []
         for ra, rb in pairs:
             wins, losses = discordant(ra, rb)
@@ -259,6 +268,9 @@ def compare_runs(runs: list[EvaluatedRun], resamples: int = 10_000) -> dict:
                 "a_only": wins,
                 "b_only": losses,
                 "p_pooled": mcnemar_exact(wins, losses),
+                "questions_a_better": questions_a,
+                "questions_b_better": questions_b,
+                "p_questions": p_questions,
                 "per_seed": per_seed,
             }
         )
@@ -281,8 +293,9 @@ def format_markdown(result: dict) -> str:
         )
     lines += [
         "",
-        "| A vs B | A - B (points) | 95% CI (paired bootstrap) | A only / B only | McNemar p pooled | p per seed |",
-        "|---|---|---|---|---|---|",
+        "| A vs B | A - B (points) | 95% CI (paired bootstrap) | A only / B only | McNemar p pooled | p per seed "
+        "| questions A / B better | sign test p (questions) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for p in result["pairs"]:
         seeds = ", ".join(
@@ -291,7 +304,8 @@ def format_markdown(result: dict) -> str:
         )
         lines.append(
             f"| {p['a']} vs {p['b']} | {p['difference']:+.2f} | [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}] | "
-            f"{p['a_only']} / {p['b_only']} | {p['p_pooled']:.3g} | {seeds} |"
+            f"{p['a_only']} / {p['b_only']} | {p['p_pooled']:.3g} | {seeds} | "
+            f"{p['questions_a_better']} / {p['questions_b_better']} | {p['p_questions']:.3g} |"
         )
     return "\n".join(lines)
 
