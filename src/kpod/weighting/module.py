@@ -89,7 +89,7 @@ class TokenWeighter(nn.Module):
         mlp_hidden: int = 256,
         positions: Literal["from_end", "none"] = "from_end",
         keep_rate: float | None = 0.8,
-        head_init: Literal["zero", "random"] = "random",
+        head_init: Literal["zero", "random"] = "zero",
     ):
         super().__init__()
         self.keep_rate = keep_rate
