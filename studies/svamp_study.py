@@ -79,9 +79,10 @@ def main() -> None:
     args = parser.parse_args()
     root = required_data_dir()
     out, csv_dir = Path(args.out), Path(args.csv_dir)
-    teacher_file = out / "gpt35_first_correct.jsonl"
+    # the lender's rationale file: the same path keeps the lender's generate stage (and all after it) valid
+    teacher_file = Path(args.upstream_from or out) / "gpt35_first_correct.jsonl"
     if not teacher_file.is_file():
-        out.mkdir(parents=True, exist_ok=True)
+        teacher_file.parent.mkdir(parents=True, exist_ok=True)
         print(f"{first_correct_rationales(root, teacher_file, args.questions)} questions with a correct rationale")
     common = [
         "dataset=svamp",
