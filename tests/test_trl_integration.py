@@ -56,7 +56,14 @@ def test_sft_trainer_trains_on_kpod_weights_with_kpods_loss(finished_tiny_run, t
     weights = torch.nn.functional.pad(batch["token_weights"][:, 1:], (0, 1), value=0.0)
     expected = weighted_token_loss(logits, labels, weights)
     assert torch.allclose(loss, expected)
-    assert not torch.allclose(expected, weighted_token_loss(logits, labels, (labels != -100).float()))  # weights matter
+    # the loss follows the batch's weights (a tiny run's own are nearly uniform: its zero-started head barely moves)
+    tilt = 0.5 + (torch.arange(batch["token_weights"].shape[1]) % 2)
+    tilted = {**batch, "token_weights": batch["token_weights"] * tilt}
+    with torch.no_grad():
+        tilted_loss = trainer.compute_loss(model, tilted)
+    tilted_weights = torch.nn.functional.pad(tilted["token_weights"][:, 1:], (0, 1), value=0.0)
+    assert torch.allclose(tilted_loss, weighted_token_loss(logits, labels, tilted_weights))
+    assert not torch.allclose(tilted_loss, loss)
 
     before = [p.detach().clone() for p in model.parameters()]
     trainer.train()
