@@ -61,6 +61,7 @@ class Judge:
         self.model = load_model(name, dtype).eval()
         self.seq2seq = is_seq2seq(self.model)
         self.batch_size = batch_size
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def _encode(self, question: str, rationale: str, answer: str) -> tuple[list[int], list[int]]:
         tok = self.tokenizer
@@ -81,8 +82,7 @@ class Judge:
         return out
 
     def _seq2seq_nll(self, encoded: list[tuple[list[int], list[int]]]) -> torch.Tensor:
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        batch = DistillCollator(pad, seq2seq=True)([source_target_item(*pair, True) for pair in encoded])
+        batch = DistillCollator(self.pad_id, seq2seq=True)([source_target_item(*pair, True) for pair in encoded])
         batch = placement.to_device(batch, self.model.device)
         logits = self.model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}).logits
         return token_nll(logits, batch["labels"], causal=False).sum(1)
@@ -90,18 +90,16 @@ class Judge:
     def _causal_nll(self, encoded: list[tuple[list[int], list[int]]]) -> torch.Tensor:
         """Left padding ends every row with its answer, so the vocabulary logits are needed at the last
         A + 1 positions only (A: the longest answer); every position's took 1.44x the time (bench/judge_cost.py)."""
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         length = max(len(s) + len(a) for s, a in encoded)
         answer_length = max(len(a) for _, a in encoded)
-        ids, labels = [], []
+        ids, mask, labels = [], [], []
         for source, answer in encoded:
             gap = length - len(source) - len(answer)
-            ids.append([pad] * gap + source + answer)
+            ids.append([self.pad_id] * gap + source + answer)
+            mask.append([0] * gap + [1] * (length - gap))
             labels.append([-100] * (answer_length - len(answer)) + answer)
         ids = torch.tensor(ids, device=self.model.device)
-        mask = torch.tensor(
-            [[0] * (length - len(s) - len(a)) + [1] * (len(s) + len(a)) for s, a in encoded], device=ids.device
-        )
+        mask = torch.tensor(mask, device=ids.device)
         position_ids = (mask.cumsum(1) - 1).clamp_min(0)
         logits = self.model(
             input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=answer_length + 1
