@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     faith.add_argument("--limit", type=int, help="at most this many held-out rationales")
     faith.add_argument("--seed", type=int, default=0)
     faith.add_argument("--out", help="write the result here instead of weights/faithfulness.json (the report's)")
+    faith.add_argument(
+        "--quality",
+        action="store_true",
+        help="instead, run the weighting stage's own check (5 %% and 10 %%, weights/quality.json) on a run whose "
+        "stage ran with weighting.quality_check=false; the options above do not apply",
+    )
     config_commands.add_parser(sub)
     stages = sub.add_parser("stages", help="each stage of a run folder: current, or why it would rerun")
     stages.add_argument("run_dir")
@@ -202,6 +208,12 @@ def _faithfulness(args: argparse.Namespace) -> None:
     from kpod.weighting.faithfulness import format_faithfulness, measure_faithfulness
 
     _setup_logging(quiet=True)
+    if args.quality:
+        from kpod.weighting.faithfulness import format_quality
+        from kpod.weighting.train import check_run_weights
+
+        print(format_quality(check_run_weights(args.run_dir)))
+        return
     result = measure_faithfulness(
         args.run_dir,
         fraction=args.fraction,

@@ -1,5 +1,6 @@
 import json
 import random
+import shutil
 
 import pytest
 
@@ -17,6 +18,7 @@ from kpod.weighting.faithfulness import (
     measure_faithfulness,
     ranked,
 )
+from kpod.weighting.train import check_run_weights
 
 RATIONALE = "She sold 48/2 = 24 clips in May. So she sold 48+24 = 72 clips."
 
@@ -176,3 +178,18 @@ def test_every_weighting_run_checks_its_own_weights(finished_tiny_run):
     assert quality["rationales"] == len(heldout) >= 1 and set(quality["fractions"]) == {"0.05", "0.1"}
     summary = json.loads((run / "weights/summary.json").read_text())
     assert summary["keypoints"] == quality["line"] and "held-out rationales" in quality["line"]
+
+
+def test_a_run_fitted_without_its_check_gets_the_same_check_afterwards(finished_tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_tiny_run[0], run)
+    stage_wrote = json.loads((run / "weights/quality.json").read_text())
+    (run / "weights/quality.json").unlink()
+    assert main(["faithfulness", str(run), "--quality"]) == 0
+    assert json.loads((run / "weights/quality.json").read_text()) == stage_wrote
+    assert stage_wrote["line"] in capsys.readouterr().out
+    (run / "weights/heldout.json").write_text(json.dumps({"questions": [], "keys": []}))
+    with pytest.raises(DataError, match="holdout"):
+        check_run_weights(run)
+    with pytest.raises(DataError, match="no weighting stage"):
+        check_run_weights(tmp_path / "elsewhere")

@@ -10,8 +10,9 @@ import torch
 from tqdm.auto import tqdm
 
 from kpod import placement
-from kpod.artifacts import RunPaths, rationale_key, read_rationales, write_json, write_jsonl
+from kpod.artifacts import RunPaths, rationale_key, read_json, read_jsonl, read_rationales, write_json, write_jsonl
 from kpod.config import KPODConfig, load_config
+from kpod.files import DataError
 from kpod.models import add_lora, is_seq2seq, load_model, load_tokenizer
 from kpod.weighting.data import PrefixCollator, WeightingItem
 from kpod.weighting.module import KeypointModel, TokenWeighter
@@ -208,6 +209,21 @@ def check_quality(cfg: KPODConfig, paths: RunPaths, weights: list[dict], rows: l
             paths.root,
         )
     return quality
+
+
+def check_run_weights(run_dir) -> dict:
+    """The stage's own check (weights/quality.json) run afterwards on a run folder whose weighting stage
+    ran without it (weighting.quality_check=false), with that stage's settings."""
+    paths = RunPaths(run_dir)
+    snapshot = paths.config_snapshot("train_token_weighting")
+    if not snapshot.is_file() or not paths.weights.is_file():
+        raise DataError(f"{paths.root}: no weighting stage here ({snapshot} or {paths.weights} missing)")
+    keys = read_json(paths.weights_heldout)["keys"] if paths.weights_heldout.is_file() else []
+    if not keys:
+        raise DataError(f"{paths.root}: no held-out rationales to check on; rerun the stage with weighting.holdout > 0")
+    cfg = load_config(snapshot)
+    rows = read_rationales(paths.rationales("train"), include_incorrect=True)
+    return check_quality(cfg, paths, read_jsonl(paths.weights), rows, keys)
 
 
 def held_out_questions(question_ids: list[str], holdout: float) -> set[str]:
