@@ -75,19 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--json", help="write the full result as JSON here")
     faith = sub.add_parser("faithfulness", help="deletion test of a run's token weights on held-out rationales")
     faith.add_argument("run_dir")
-    faith.add_argument(
-        "--fraction", type=float, default=0.2, help="share of each rationale's tokens deleted (default 0.2)"
-    )
-    faith.add_argument("--draws", type=int, default=3, help="random deletions per rationale (default 3)")
+    # defaults are measure_faithfulness's own, so that --quality can tell which options were given
+    faith.add_argument("--fraction", type=float, help="share of each rationale's tokens deleted (default 0.2)")
+    faith.add_argument("--draws", type=int, help="random deletions per rationale (default 3)")
     faith.add_argument("--judge", help="frozen model scoring the gold answer (default: the run's pretrained student)")
     faith.add_argument("--limit", type=int, help="at most this many held-out rationales")
-    faith.add_argument("--seed", type=int, default=0)
+    faith.add_argument("--seed", type=int, help="(default 0)")
     faith.add_argument("--out", help="write the result here instead of weights/faithfulness.json (the report's)")
     faith.add_argument(
         "--quality",
         action="store_true",
         help="instead, run the weighting stage's own check (5 %% and 10 %%, weights/quality.json) on a run whose "
-        "stage ran with weighting.quality_check=false; the options above do not apply",
+        "stage ran with weighting.quality_check=false, with that stage's settings (takes none of the options above)",
     )
     config_commands.add_parser(sub)
     stages = sub.add_parser("stages", help="each stage of a run folder: current, or why it would rerun")
@@ -208,22 +207,18 @@ def _faithfulness(args: argparse.Namespace) -> None:
     from kpod.weighting.faithfulness import format_faithfulness, measure_faithfulness
 
     _setup_logging(quiet=True)
+    names = ("fraction", "draws", "judge", "limit", "seed", "out")
+    options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.quality:
         from kpod.weighting.faithfulness import format_quality
         from kpod.weighting.train import check_run_weights
 
+        if options:
+            given = ", ".join(f"--{name}" for name in options)
+            raise ConfigError(f"--quality runs the stage's check with the stage's settings; drop {given}")
         print(format_quality(check_run_weights(args.run_dir)))
         return
-    result = measure_faithfulness(
-        args.run_dir,
-        fraction=args.fraction,
-        draws=args.draws,
-        judge=args.judge,
-        limit=args.limit,
-        seed=args.seed,
-        out=args.out,
-    )
-    print(format_faithfulness(result))
+    print(format_faithfulness(measure_faithfulness(args.run_dir, **options)))
 
 
 def _show_weights(args: argparse.Namespace) -> None:

@@ -188,6 +188,8 @@ def test_a_run_fitted_without_its_check_gets_the_same_check_afterwards(finished_
     assert main(["faithfulness", str(run), "--quality"]) == 0
     assert json.loads((run / "weights/quality.json").read_text()) == stage_wrote
     assert stage_wrote["line"] in capsys.readouterr().out
+    assert main(["faithfulness", str(run), "--quality", "--fraction", "0.05"]) == 2
+    assert "drop --fraction" in capsys.readouterr().err
     (run / "weights/heldout.json").write_text(json.dumps({"questions": [], "keys": []}))
     with pytest.raises(DataError, match="holdout"):
         check_run_weights(run)
